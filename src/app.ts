@@ -1,0 +1,132 @@
+// createApp(deps): the whole HTTP surface, with no side effects of its own. The entry file wires
+// real dependencies and listens; tests build the same app over a test database.
+import { OpenAPIRegistry } from "@asteasolutions/zod-to-openapi";
+import { Hono, type Context } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { cors } from "hono/cors";
+import { HTTPException } from "hono/http-exception";
+import type { Deps } from "./deps.js";
+import { AppError, type ErrorCode } from "./errors.js";
+import type { AppEnv } from "./http/env.js";
+import { requestContext } from "./http/middleware/request-context.js";
+import { auditRoutes } from "./http/routes/audit.js";
+import { authRoutes } from "./http/routes/auth.js";
+import { opsRoutes } from "./http/routes/ops.js";
+import { userRoutes } from "./http/routes/users.js";
+import { describeError } from "./log.js";
+
+export const MAX_BODY_BYTES = 32 * 1024;
+export const VERSION = "0.1.0";
+
+/** SQLSTATEs and driver codes meaning "the database cannot do this now", not "this is a bug". */
+const UNAVAILABLE_CODES = new Set([
+  "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND",
+  "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
+  "42501", // insufficient_privilege: e.g. the audit table made unwritable
+  "25006", // read_only_sql_transaction: a replica or a read-only database
+]);
+const UNAVAILABLE_CLASSES = ["08", "53", "57"]; // connection, resources, operator intervention
+
+export function isDatabaseUnavailable(err: unknown): boolean {
+  for (let e = err, i = 0; e && i < 5; e = (e as { cause?: unknown }).cause, i++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && (UNAVAILABLE_CODES.has(code) || UNAVAILABLE_CLASSES.includes(code.slice(0, 2)))) return true;
+    // PGlite after close()
+    if (e instanceof Error && /PGlite is closed/i.test(e.message)) return true;
+  }
+  return false;
+}
+
+export function errorBody(c: Context<AppEnv>, code: ErrorCode, message: string, extras: Record<string, unknown> = {}) {
+  return { error: code, message, request_id: c.get("requestId"), ...extras };
+}
+
+export function createApp(deps: Deps) {
+  const app = new Hono<AppEnv>();
+  const registry = new OpenAPIRegistry();
+  registry.registerComponent("securitySchemes", "bearerAuth", { type: "http", scheme: "bearer", bearerFormat: "JWT" });
+
+  app.use(requestContext(deps));
+
+  // One log line and one metric sample per request. The path logged is the route pattern plus
+  // the path without its query string (queries carry audit filters, nothing secret, but unbounded).
+  app.use(async (c, next) => {
+    const started = performance.now();
+    await next();
+    const seconds = (performance.now() - started) / 1000;
+    const route = c.req.routePath && c.req.routePath !== "/*" ? c.req.routePath : "unmatched";
+    deps.metrics.httpRequests.inc({ route, method: c.req.method, status: String(c.res.status) });
+    deps.metrics.httpDuration.observe({ route, method: c.req.method }, seconds);
+    const user = c.get("user");
+    c.var.log.info(
+      {
+        method: c.req.method,
+        path: c.req.path,
+        route,
+        status: c.res.status,
+        ms: Math.round(seconds * 10_000) / 10,
+        ip: c.get("clientIp"),
+        ...(user ? { user_id: user.id } : {}),
+      },
+      "request",
+    );
+  });
+
+  // Every answer may carry a token or user data: never cached, never sniffed.
+  app.use(async (c, next) => {
+    await next();
+    c.res.headers.set("X-Content-Type-Options", "nosniff");
+    if (!c.res.headers.has("Cache-Control")) c.res.headers.set("Cache-Control", "no-store");
+    c.res.headers.set("Referrer-Policy", "no-referrer");
+  });
+
+  if (deps.config.corsOrigins.length > 0) {
+    const allowed = new Set(deps.config.corsOrigins);
+    app.use(
+      cors({
+        origin: (origin) => (allowed.has(origin) ? origin : null),
+        allowMethods: ["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allowHeaders: ["Authorization", "Content-Type", "Idempotency-Key", "X-Key-Id", "X-Request-Id"],
+        exposeHeaders: ["RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id", "Idempotent-Replayed"],
+        maxAge: 600,
+      }),
+    );
+  }
+
+  // First of the contract's checks: the size of the body, counted as it streams in.
+  app.use(
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: (c) => {
+        throw new AppError("payload_too_large", `request bodies are limited to ${MAX_BODY_BYTES} bytes`);
+      },
+    }),
+  );
+
+  app.route("/", opsRoutes(registry, { version: VERSION }));
+  app.route("/", authRoutes(registry));
+  app.route("/", userRoutes(registry));
+  app.route("/", auditRoutes(registry));
+
+  app.notFound((c) => c.json(errorBody(c, "not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
+
+  app.onError((err, c) => {
+    if (err instanceof AppError) {
+      if (err.extras.retry_after !== undefined) c.header("Retry-After", String(err.extras.retry_after));
+      if (err.status >= 500) c.var.log.warn({ err: describeError(err.cause ?? err), error: err.code }, err.message);
+      return c.json(errorBody(c, err.code, err.message, err.extras), err.status as 400);
+    }
+    if (isDatabaseUnavailable(err)) {
+      c.var.log.error({ err: describeError(err) }, "database unavailable");
+      return c.json(errorBody(c, "unavailable", "the service's database is unavailable; nothing was changed"), 503);
+    }
+    if (err instanceof HTTPException && err.status < 500) {
+      const code: ErrorCode = err.status === 413 ? "payload_too_large" : err.status === 401 ? "unauthorized" : err.status === 404 ? "not_found" : "invalid_params";
+      return c.json(errorBody(c, code, err.message || "bad request"), err.status);
+    }
+    c.var.log.error({ err: describeError(err) }, "unhandled error");
+    return c.json(errorBody(c, "internal_error", "internal error; the request id identifies it in the service's logs"), 500);
+  });
+
+  return app;
+}

@@ -1,0 +1,139 @@
+// Operator commands: `npm run cli -- <command>`. Same configuration (environment) as the service.
+// Passwords are read from standard input, never from arguments (they would show in `ps` and
+// shell history).
+import { eq } from "drizzle-orm";
+import { createInterface } from "node:readline";
+import { ConfigError, USERNAME_RE, loadConfig } from "./config.js";
+import { KeyringError } from "./crypto/keyring.js";
+import { users } from "./db/schema.js";
+import { createLogger } from "./log.js";
+import { createUser } from "./services/accounts.js";
+import { record } from "./services/audit.js";
+import { keyringUsage } from "./services/keyring-usage.js";
+import { PASSWORD_MAX, PASSWORD_MIN, createPasswordHasher, passwordLength } from "./services/passwords.js";
+import { revokeSessions } from "./services/sessions.js";
+import { StartupError, loadKeyring, openDatabase, prepareDatabase } from "./startup.js";
+import { migrate } from "./db/migrate.js";
+
+const USAGE = `usage: npm run cli -- <command>
+
+  migrate                              apply pending database migrations
+  user add <username> [--role admin|member]
+                                       create a user; the password is read from standard input
+  user passwd <username>               set a user's password (read from standard input) and end their sessions
+  vault status                         how many sealed items each keyring entry still seals
+`;
+
+const meta = { requestId: `cli-${process.pid}`, ip: null, userAgent: "haltman-bff cli" };
+
+async function readPassword(prompt: string): Promise<string> {
+  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: process.stdin.isTTY });
+  if (process.stdin.isTTY) {
+    process.stderr.write(prompt);
+    // Mute the echo: readline writes what is typed through _writeToOutput.
+    (rl as unknown as { _writeToOutput: (s: string) => void })._writeToOutput = () => {};
+  }
+  const line = await new Promise<string>((resolve) => rl.once("line", resolve).once("close", () => resolve("")));
+  rl.close();
+  if (process.stdin.isTTY) process.stderr.write("\n");
+  // Only the line ending is removed: passwords are never trimmed.
+  return line.replace(/\r$/, "");
+}
+
+function fail(message: string): never {
+  process.stderr.write(`${message}\n`);
+  process.exit(2);
+}
+
+async function main(argv: string[]) {
+  const [cmd, sub, ...rest] = argv;
+  if (!cmd || cmd === "help" || cmd === "--help") {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const config = loadConfig();
+  const log = createLogger(config.logLevel === "info" ? "warn" : config.logLevel);
+
+  if (cmd === "migrate") {
+    const keyring = loadKeyring(config, log);
+    void keyring;
+    const database = await openDatabase(config);
+    try {
+      const { applied } = await migrate(database.db);
+      process.stdout.write(`migrations applied: ${applied}\n`);
+    } finally {
+      await database.close();
+    }
+    return;
+  }
+
+  const { database } = await prepareDatabase(config, log);
+  try {
+    const db = database.db;
+    if (cmd === "user" && sub === "add") {
+      const username = (rest[0] ?? "").toLowerCase();
+      if (!USERNAME_RE.test(username)) fail("user add: the username must be 3 to 64 of a-z 0-9 . _ -");
+      const roleAt = rest.indexOf("--role");
+      const role = roleAt >= 0 ? rest[roleAt + 1] : "member";
+      if (role !== "admin" && role !== "member") fail("user add: --role is admin or member");
+      const password = await readPassword(`password for ${username}: `);
+      const n = passwordLength(password);
+      if (n < PASSWORD_MIN || n > PASSWORD_MAX) fail(`user add: the password must be ${PASSWORD_MIN} to ${PASSWORD_MAX} characters`);
+      const u = await createUser({ db, passwords: createPasswordHasher() }, null, meta, { username, password, role });
+      process.stdout.write(`created ${u.role} ${u.username} (${u.id})\n`);
+      return;
+    }
+    if (cmd === "user" && sub === "passwd") {
+      const username = (rest[0] ?? "").toLowerCase();
+      const [u] = await db.select().from(users).where(eq(users.username, username)).limit(1);
+      if (!u) fail(`user passwd: no user named "${username}"`);
+      const password = await readPassword(`new password for ${username}: `);
+      const n = passwordLength(password);
+      if (n < PASSWORD_MIN || n > PASSWORD_MAX) fail(`user passwd: the password must be ${PASSWORD_MIN} to ${PASSWORD_MAX} characters`);
+      const hash = await createPasswordHasher().hash(password);
+      const revoked = await db.transaction(async (tx) => {
+        await tx.update(users).set({ passwordHash: hash, updatedAt: new Date() }).where(eq(users.id, u.id));
+        const r = await revokeSessions(tx, { userId: u.id }, "password_reset");
+        await record(tx, {
+          action: "user.update",
+          outcome: "success",
+          actor: null,
+          meta,
+          subjectId: u.id,
+          detail: { username: u.username, changes: { password: "reset" }, via: "cli", sessions_revoked: r },
+        });
+        return r;
+      });
+      process.stdout.write(`password of ${u.username} set; ${revoked} session(s) ended\n`);
+      return;
+    }
+    if (cmd === "vault" && sub === "status") {
+      const usage = await keyringUsage(db);
+      const keyring = loadKeyring(config, log);
+      process.stdout.write(`active entry: ${keyring.activeId}\n`);
+      const ids = [...new Set([...keyring.ids(), ...usage.map((u) => u.keyringId)])];
+      for (const id of ids) {
+        const mine = usage.filter((u) => u.keyringId === id);
+        const total = mine.reduce((s, u) => s + u.count, 0);
+        const where = mine.map((u) => `${u.table}: ${u.count}`).join(", ");
+        const state = keyring.has(id) ? (id === keyring.activeId ? "active" : "configured") : "MISSING from VAULT_KEYRING";
+        process.stdout.write(`  ${id} (${state}): ${total} sealed item(s)${where ? ` (${where})` : ""}\n`);
+      }
+      return;
+    }
+    fail(USAGE);
+  } finally {
+    await database.close();
+  }
+}
+
+main(process.argv.slice(2)).catch((err) => {
+  if (err instanceof ConfigError) {
+    for (const p of err.problems) process.stderr.write(`config: ${p}\n`);
+    process.exit(78);
+  }
+  if (err instanceof StartupError || err instanceof KeyringError) fail(err.message);
+  if (err && typeof err === "object" && "code" in err && (err as { code: string }).code === "conflict") fail(String((err as Error).message));
+  process.stderr.write(`failed: ${(err as Error).message}\n`);
+  process.exit(1);
+});

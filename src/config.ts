@@ -1,0 +1,208 @@
+// The only module that reads process.env. Everything else receives a frozen Config.
+import { isIP } from "node:net";
+
+export type RatePolicy = {
+  /** how many calls fit in one period */
+  readonly limit: number;
+  /** the period, in milliseconds */
+  readonly periodMs: number;
+  /** the form it was written in, e.g. "10/min" */
+  readonly text: string;
+};
+
+export type Config = Readonly<{
+  databaseUrl: string | undefined;
+  dataDir: string;
+  host: string;
+  port: number;
+  haltmanBaseUrl: URL;
+  upstreamTimeoutMs: number;
+  /** undefined: embedded mode may generate one into DATA_DIR */
+  vaultKeyring: string | undefined;
+  bootstrapAdmin: { username: string; password: string } | undefined;
+  jwtIssuer: string;
+  jwtAudience: string;
+  accessTokenTtlS: number;
+  refreshTokenTtlS: number;
+  rateLimits: Readonly<{
+    handleCreate: RatePolicy;
+    domainEnable: RatePolicy;
+    key: RatePolicy;
+    global: RatePolicy;
+  }>;
+  haltmanBot: { token: string; source: string } | undefined;
+  trustProxy: number;
+  corsOrigins: readonly string[];
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+}>;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  ${p}`).join("\n")}`);
+    this.name = "ConfigError";
+  }
+}
+
+const RATE_UNITS: Record<string, number> = { s: 1_000, min: 60_000, h: 3_600_000, d: 86_400_000 };
+const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, min: 60, h: 3_600, d: 86_400 };
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+/** `<count>/<s|min|h|d>`, e.g. `10/min`. */
+export function parseRatePolicy(text: string): RatePolicy | undefined {
+  const m = /^(\d{1,9})\/(s|min|h|d)$/.exec(text.trim());
+  if (!m) return undefined;
+  const limit = Number(m[1]);
+  if (limit < 1) return undefined;
+  return { limit, periodMs: RATE_UNITS[m[2]!]!, text: `${limit}/${m[2]}` };
+}
+
+/** `<n><s|m|h|d>` or a bare number of seconds, e.g. `15m`, `30d`. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^(\d{1,9})(s|m|min|h|d)?$/.exec(text.trim());
+  if (!m) return undefined;
+  const n = Number(m[1]) * DURATION_UNITS[m[2] ?? "s"]!;
+  return n > 0 ? n : undefined;
+}
+
+type Env = Record<string, string | undefined>;
+
+/**
+ * Parses the environment once. A bad value is reported as one line naming the variable and
+ * what it should look like, never echoing the value (it may be a secret).
+ */
+export function loadConfig(env: Env = process.env): Config {
+  const problems: string[] = [];
+  // The contract: a variable set to the empty string counts as unset.
+  const get = (name: string): string | undefined => {
+    const v = env[name];
+    return v === undefined || v === "" ? undefined : v;
+  };
+  const bad = (name: string, expected: string) => problems.push(`${name}: ${expected}`);
+
+  const int = (name: string, def: number, min: number, max: number): number => {
+    const raw = get(name);
+    if (raw === undefined) return def;
+    const n = Number(raw);
+    if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+      bad(name, `expected a whole number from ${min} to ${max}`);
+      return def;
+    }
+    return n;
+  };
+  const rate = (name: string, def: string): RatePolicy => {
+    const p = parseRatePolicy(get(name) ?? def);
+    if (!p) {
+      bad(name, "expected <count>/<s|min|h|d>, e.g. 10/min, with a count of at least 1");
+      return parseRatePolicy(def)!;
+    }
+    return p;
+  };
+  const duration = (name: string, def: string): number => {
+    const s = parseDuration(get(name) ?? def);
+    if (s === undefined) {
+      bad(name, "expected a duration such as 900s, 15m, 12h or 30d");
+      return parseDuration(def)!;
+    }
+    return s;
+  };
+
+  const databaseUrl = get("DATABASE_URL");
+  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    bad("DATABASE_URL", "expected a postgres:// or postgresql:// URL");
+  }
+
+  const host = get("HOST") ?? "127.0.0.1";
+  if (isIP(host) === 0 && !/^[A-Za-z0-9.-]{1,253}$/.test(host)) bad("HOST", "expected an IP address or host name");
+
+  let haltmanBaseUrl = new URL("https://mail.haltman.io");
+  const base = get("HALTMAN_BASE_URL");
+  if (base !== undefined) {
+    try {
+      const u = new URL(base);
+      if ((u.protocol !== "https:" && u.protocol !== "http:") || u.username || u.password || u.search || u.hash) {
+        throw new Error("scheme");
+      }
+      haltmanBaseUrl = u;
+    } catch {
+      bad("HALTMAN_BASE_URL", "expected an http(s):// origin without credentials, query or fragment");
+    }
+  }
+
+  const keyring = get("VAULT_KEYRING");
+  if (keyring === undefined && databaseUrl !== undefined) {
+    bad("VAULT_KEYRING", "required when DATABASE_URL is set (entries id:base64-of-32-bytes, comma separated)");
+  }
+  // The keyring's own syntax is checked where it is parsed (crypto/keyring.ts), with the same
+  // one-line-per-problem rule, so that its material never passes through an error message here.
+
+  const adminUser = get("BOOTSTRAP_ADMIN_USERNAME");
+  const adminPass = get("BOOTSTRAP_ADMIN_PASSWORD");
+  let bootstrapAdmin: Config["bootstrapAdmin"];
+  if ((adminUser === undefined) !== (adminPass === undefined)) {
+    bad(adminUser === undefined ? "BOOTSTRAP_ADMIN_USERNAME" : "BOOTSTRAP_ADMIN_PASSWORD", "set both BOOTSTRAP_ADMIN_USERNAME and BOOTSTRAP_ADMIN_PASSWORD, or neither");
+  } else if (adminUser !== undefined && adminPass !== undefined) {
+    if (!USERNAME_RE.test(adminUser.toLowerCase())) bad("BOOTSTRAP_ADMIN_USERNAME", "expected 3 to 64 of a-z 0-9 . _ -");
+    if ([...adminPass].length < 8 || [...adminPass].length > 1024) bad("BOOTSTRAP_ADMIN_PASSWORD", "expected 8 to 1024 characters");
+    bootstrapAdmin = { username: adminUser.toLowerCase(), password: adminPass };
+  }
+
+  const botToken = get("HALTMAN_BOT_TOKEN");
+  const botSource = get("HALTMAN_BOT_SOURCE");
+  let haltmanBot: Config["haltmanBot"];
+  if ((botToken === undefined) !== (botSource === undefined)) {
+    bad(botToken === undefined ? "HALTMAN_BOT_TOKEN" : "HALTMAN_BOT_SOURCE", "set both HALTMAN_BOT_TOKEN and HALTMAN_BOT_SOURCE, or neither");
+  } else if (botToken !== undefined && botSource !== undefined) {
+    if (/[\r\n\0]/.test(botToken) || /[\r\n\0]/.test(botSource)) bad("HALTMAN_BOT_TOKEN", "must be a single line");
+    haltmanBot = { token: botToken, source: botSource };
+  }
+
+  const corsOrigins: string[] = [];
+  for (const raw of (get("CORS_ORIGINS") ?? "").split(",")) {
+    const o = raw.trim();
+    if (!o) continue;
+    try {
+      const u = new URL(o);
+      if (u.origin !== o.replace(/\/$/, "")) throw new Error("not an origin");
+      corsOrigins.push(u.origin);
+    } catch {
+      bad("CORS_ORIGINS", "expected comma-separated origins such as https://app.example.com");
+      break;
+    }
+  }
+
+  const logLevel = (get("LOG_LEVEL") ?? "info").toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) bad("LOG_LEVEL", `expected one of ${LOG_LEVELS.join(", ")}`);
+
+  const issuer = get("JWT_ISSUER") ?? "haltman-bff";
+  const audience = get("JWT_AUDIENCE") ?? "haltman-bff";
+
+  const config: Config = {
+    databaseUrl,
+    dataDir: get("DATA_DIR") ?? "./data",
+    host,
+    port: int("PORT", 3000, 0, 65535),
+    haltmanBaseUrl,
+    upstreamTimeoutMs: int("UPSTREAM_TIMEOUT_MS", 10_000, 100, 600_000),
+    vaultKeyring: keyring,
+    bootstrapAdmin,
+    jwtIssuer: issuer,
+    jwtAudience: audience,
+    accessTokenTtlS: duration("ACCESS_TOKEN_TTL", "15m"),
+    refreshTokenTtlS: duration("REFRESH_TOKEN_TTL", "30d"),
+    rateLimits: Object.freeze({
+      handleCreate: rate("RATE_LIMIT_HANDLE_CREATE", "10/min"),
+      domainEnable: rate("RATE_LIMIT_DOMAIN_ENABLE", "30/min"),
+      key: rate("RATE_LIMIT_KEY", "100/min"),
+      global: rate("RATE_LIMIT_GLOBAL", "250/min"),
+    }),
+    haltmanBot,
+    trustProxy: int("TRUST_PROXY", 0, 0, 32),
+    corsOrigins: Object.freeze(corsOrigins),
+    logLevel: logLevel as Config["logLevel"],
+  };
+  if (config.accessTokenTtlS > 24 * 3600) bad("ACCESS_TOKEN_TTL", "expected at most 24h (access tokens are short-lived; refresh tokens carry sessions)");
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(config);
+}
+
+export const USERNAME_RE = /^[a-z0-9._-]{3,64}$/;

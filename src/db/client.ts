@@ -1,0 +1,78 @@
+// One schema, two drivers: embedded PGlite (DATA_DIR) by default, postgres.js with DATABASE_URL.
+import { randomUUID } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { resolve } from "node:path";
+import type { ExtractTablesWithRelations, SQL } from "drizzle-orm";
+import type { PgDatabase, PgQueryResultHKT, PgTransaction } from "drizzle-orm/pg-core";
+import * as schema from "./schema.js";
+
+type Schema = typeof schema;
+export type Db = PgDatabase<PgQueryResultHKT, Schema>;
+export type Tx = PgTransaction<PgQueryResultHKT, Schema, ExtractTablesWithRelations<Schema>>;
+/** Anything a query can run on: the pool or an open transaction. */
+export type Executor = Db | Tx;
+
+export type Database = {
+  readonly db: Db;
+  readonly kind: "pglite" | "postgres";
+  /** the most connections the pool opens (1 for PGlite, which is one process) */
+  readonly poolMax: number;
+  /** connections of this instance, by state (active, idle…), for /metrics */
+  poolConnections(): Promise<Record<string, number>>;
+  close(): Promise<void>;
+};
+
+/** Rows of a raw `db.execute()`, whatever the driver (postgres.js: an array; PGlite: `{rows}`). */
+export async function rowsOf<T>(ex: Executor, query: SQL): Promise<T[]> {
+  const r = (await ex.execute(query)) as unknown;
+  return (Array.isArray(r) ? r : (r as { rows: T[] }).rows) as T[];
+}
+
+export async function openPostgres(url: string, opts: { max?: number } = {}): Promise<Database> {
+  const { default: postgres } = await import("postgres");
+  const { drizzle } = await import("drizzle-orm/postgres-js");
+  const max = opts.max ?? 10;
+  const appName = `haltman-bff:${randomUUID().slice(0, 8)}`;
+  const client = postgres(url, {
+    max,
+    idle_timeout: 30,
+    connect_timeout: 10,
+    // postgres.js hands int8 back as strings: keep them numbers (our int8 are counters and ids < 2^53).
+    types: { bigint: postgres.BigInt },
+    transform: { undefined: null },
+    onnotice: () => {},
+    connection: { application_name: appName },
+  });
+  const db = drizzle(client, { schema }) as unknown as Db;
+  return {
+    db,
+    kind: "postgres",
+    poolMax: max,
+    // postgres.js keeps no public pool statistics; the server knows this instance's connections.
+    poolConnections: async () => {
+      const rows = await client<{ state: string | null; n: number }[]>`
+        select state, count(*)::int as n from pg_stat_activity where application_name = ${appName} group by state`;
+      return Object.fromEntries(rows.map((r) => [r.state ?? "unknown", r.n]));
+    },
+    close: () => client.end({ timeout: 5 }),
+  };
+}
+
+export async function openPglite(dataDir: string | undefined, opts: { loadDataDir?: Blob } = {}): Promise<Database> {
+  const { PGlite } = await import("@electric-sql/pglite");
+  const { drizzle } = await import("drizzle-orm/pglite");
+  let dir: string | undefined;
+  if (dataDir !== undefined) {
+    dir = resolve(dataDir, "pglite");
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  }
+  const client = await PGlite.create({ ...(dir ? { dataDir: dir } : {}), ...(opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {}) });
+  const db = drizzle(client, { schema }) as unknown as Db;
+  return {
+    db,
+    kind: "pglite",
+    poolMax: 1,
+    poolConnections: async () => ({ active: client.closed ? 0 : 1 }),
+    close: () => client.close(),
+  };
+}

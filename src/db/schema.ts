@@ -1,0 +1,145 @@
+// The one schema both drivers (PGlite and postgres.js) run. Migrations in drizzle/ are generated
+// from it by drizzle-kit; the append-only triggers live in a hand-written migration beside them.
+import { sql } from "drizzle-orm";
+import {
+  bigint,
+  boolean,
+  customType,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  primaryKey,
+  smallint,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+} from "drizzle-orm/pg-core";
+
+/** bytea as Buffer on both drivers (PGlite hands back Uint8Array, postgres.js Buffer). */
+export const bytea = customType<{ data: Buffer; driverData: Uint8Array }>({
+  dataType: () => "bytea",
+  fromDriver: (v) => (Buffer.isBuffer(v) ? v : Buffer.from(v)),
+  toDriver: (v) => v,
+});
+
+const ts = (name: string) => timestamp(name, { withTimezone: true, mode: "date" });
+
+export type UserRole = "admin" | "member";
+export type UserRateLimits = { handle_create?: string; domain_enable?: string };
+
+export const users = pgTable("users", {
+  id: uuid("id").primaryKey().defaultRandom(),
+  username: text("username").notNull().unique(),
+  passwordHash: text("password_hash").notNull(),
+  role: text("role").$type<UserRole>().notNull(),
+  disabled: boolean("disabled").notNull().default(false),
+  rateLimits: jsonb("rate_limits").$type<UserRateLimits>().notNull().default({}),
+  createdAt: ts("created_at").notNull().defaultNow(),
+  updatedAt: ts("updated_at").notNull().defaultNow(),
+});
+
+/** A login: the family of refresh tokens and the access tokens minted from them. */
+export const sessions = pgTable(
+  "sessions",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    userId: uuid("user_id").notNull().references(() => users.id, { onDelete: "cascade" }),
+    createdAt: ts("created_at").notNull().defaultNow(),
+    /** the current refresh token's expiry; refreshing slides it */
+    expiresAt: ts("expires_at").notNull(),
+    revokedAt: ts("revoked_at"),
+    revokedReason: text("revoked_reason"),
+    ip: text("ip"),
+    userAgent: text("user_agent"),
+  },
+  (t) => [index("sessions_user_idx").on(t.userId)],
+);
+
+/** Opaque refresh tokens, stored as SHA-256 of the token; a spent one is kept to detect reuse. */
+export const refreshTokens = pgTable(
+  "refresh_tokens",
+  {
+    tokenHash: bytea("token_hash").primaryKey(),
+    sessionId: uuid("session_id").notNull().references(() => sessions.id, { onDelete: "cascade" }),
+    createdAt: ts("created_at").notNull().defaultNow(),
+    expiresAt: ts("expires_at").notNull(),
+    spentAt: ts("spent_at"),
+  },
+  (t) => [index("refresh_tokens_session_idx").on(t.sessionId)],
+);
+
+/** Keys that sign access tokens: public half in clear (served as JWKS), private half sealed. */
+export const signingKeys = pgTable("signing_keys", {
+  kid: text("kid").primaryKey(),
+  alg: text("alg").notNull(),
+  publicJwk: jsonb("public_jwk").$type<Record<string, unknown>>().notNull(),
+  privateSealed: bytea("private_sealed").notNull(),
+  keyringId: text("keyring_id").notNull(),
+  createdAt: ts("created_at").notNull().defaultNow(),
+  retiredAt: ts("retired_at"),
+});
+
+/** GCRA state: the theoretical arrival time of the next call, one row a bucket. */
+export const rateLimitBuckets = pgTable("rate_limit_buckets", {
+  key: text("key").primaryKey(),
+  tat: ts("tat").notNull(),
+});
+
+/**
+ * The audit log: append-only (triggers refuse UPDATE, DELETE and TRUNCATE). A proxied call writes
+ * its event with no outcome before it goes upstream, and its outcome into audit_event_outcomes
+ * after: an event without an outcome row reads as `unknown`.
+ */
+export const auditEvents = pgTable(
+  "audit_events",
+  {
+    seq: bigint("seq", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    id: uuid("id").notNull().unique(),
+    at: ts("at").notNull().default(sql`clock_timestamp()`),
+    requestId: text("request_id").notNull(),
+    actorId: uuid("actor_id"),
+    actorUsername: text("actor_username"),
+    action: text("action").notNull(),
+    /** null only for a proxied call whose outcome is written separately */
+    outcome: text("outcome"),
+    keyId: uuid("key_id"),
+    /** the key's owner when the event happened: members see events on keys they own */
+    keyOwnerId: uuid("key_owner_id"),
+    /** the user an admin or owner acted on (user.*, grant.*) */
+    subjectId: uuid("subject_id"),
+    handle: text("handle"),
+    domain: text("domain"),
+    upstreamStatus: smallint("upstream_status"),
+    ip: text("ip"),
+    userAgent: text("user_agent"),
+    detail: jsonb("detail").$type<Record<string, unknown>>(),
+  },
+  (t) => [
+    index("audit_events_at_idx").on(t.at),
+    index("audit_events_actor_idx").on(t.actorId, t.seq),
+    index("audit_events_key_owner_idx").on(t.keyOwnerId, t.seq),
+    index("audit_events_key_idx").on(t.keyId, t.seq),
+    index("audit_events_handle_idx").on(t.handle, t.seq),
+    index("audit_events_action_idx").on(t.action, t.seq),
+  ],
+);
+
+export const auditEventOutcomes = pgTable("audit_event_outcomes", {
+  eventId: uuid("event_id").primaryKey(),
+  at: ts("at").notNull().default(sql`clock_timestamp()`),
+  outcome: text("outcome").notNull(),
+  upstreamStatus: smallint("upstream_status"),
+  detail: jsonb("detail").$type<Record<string, unknown>>(),
+});
+
+export const schemaTables = {
+  users,
+  sessions,
+  refreshTokens,
+  signingKeys,
+  rateLimitBuckets,
+  auditEvents,
+  auditEventOutcomes,
+};

@@ -1,0 +1,65 @@
+// The one wiring point: everything a request needs, built once at start and passed to createApp.
+import type { Logger } from "pino";
+import type { Config, RatePolicy } from "./config.js";
+import { parseRatePolicy } from "./config.js";
+import type { Keyring } from "./crypto/keyring.js";
+import type { Database, Db } from "./db/client.js";
+import { createMetrics, type Metrics } from "./metrics.js";
+import { createPasswordHasher, type PasswordHasher } from "./services/passwords.js";
+import { createSessionGate, type SessionGate } from "./services/sessions.js";
+import { createTokenService, type TokenService } from "./services/tokens.js";
+
+export type LoginLimits = { perAccount: RatePolicy; perAddress: RatePolicy };
+
+/** Login throttling: per account (whatever the address) and per client address (whatever the account). */
+export const DEFAULT_LOGIN_LIMITS: LoginLimits = {
+  perAccount: parseRatePolicy("10/min")!,
+  perAddress: parseRatePolicy("30/min")!,
+};
+
+export type Deps = {
+  config: Config;
+  database: Database;
+  db: Db;
+  keyring: Keyring;
+  log: Logger;
+  metrics: Metrics;
+  passwords: PasswordHasher;
+  tokens: TokenService;
+  sessions: SessionGate;
+  loginLimits: LoginLimits;
+};
+
+export async function createDeps(input: {
+  config: Config;
+  database: Database;
+  keyring: Keyring;
+  log: Logger;
+  passwords?: PasswordHasher;
+  loginLimits?: LoginLimits;
+  metrics?: Metrics;
+  sessionCheckTtlMs?: number;
+}): Promise<Deps> {
+  const { config, database, keyring } = input;
+  const tokens = await createTokenService({
+    db: database.db,
+    keyring,
+    issuer: config.jwtIssuer,
+    audience: config.jwtAudience,
+    accessTtlS: config.accessTokenTtlS,
+  });
+  const metrics = input.metrics ?? createMetrics();
+  metrics.dbPoolMax.set(database.poolMax);
+  return {
+    config,
+    database,
+    db: database.db,
+    keyring,
+    log: input.log,
+    metrics,
+    passwords: input.passwords ?? createPasswordHasher(),
+    tokens,
+    sessions: createSessionGate(database.db, input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
+    loginLimits: input.loginLimits ?? DEFAULT_LOGIN_LIMITS,
+  };
+}

@@ -1,0 +1,38 @@
+import type { MiddlewareHandler } from "hono";
+import type { z } from "zod";
+import { AppError, invalidParams } from "../../errors.js";
+import type { AppEnv } from "../env.js";
+
+const JSON_TYPE = /^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/i;
+
+/**
+ * Parses and validates a JSON body into c.var.body. Text that does not parse is `invalid_json`;
+ * JSON of the wrong shape, or a body sent as another content type (not parsed, as upstream does),
+ * is `invalid_params` naming the first bad field. Unknown fields are dropped by the schema.
+ */
+export function jsonBody<S extends z.ZodType>(schema: S): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    let value: unknown = {};
+    const type = c.req.header("content-type") ?? "";
+    const text = await c.req.text();
+    if (JSON_TYPE.test(type) && text.trim() !== "") {
+      try {
+        value = JSON.parse(text);
+      } catch {
+        throw new AppError("invalid_json", "the request body is not valid JSON");
+      }
+    }
+    if (value === null || typeof value !== "object" || Array.isArray(value)) {
+      throw invalidParams("body", "the request body must be a JSON object");
+    }
+    const parsed = schema.safeParse(value);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]!;
+      const field = issue.path.map(String).join(".") || "body";
+      const hint = JSON_TYPE.test(type) ? "" : " (send the body as JSON with Content-Type: application/json)";
+      throw invalidParams(field, `${field}: ${issue.message}${hint}`);
+    }
+    c.set("body", parsed.data);
+    await next();
+  };
+}

@@ -1,0 +1,98 @@
+import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { OpenApiGeneratorV31, type OpenAPIRegistry } from "@asteasolutions/zod-to-openapi";
+import { Hono } from "hono";
+import { isMigrated } from "../../db/migrate.js";
+import { describeError } from "../../log.js";
+import type { AppEnv } from "../env.js";
+
+const require = createRequire(import.meta.url);
+const swaggerDir = (() => {
+  try {
+    return require("swagger-ui-dist/absolute-path.js")() as string;
+  } catch {
+    return undefined;
+  }
+})();
+
+// Served from our own origin: internal networks often reach no CDN.
+const DOCS_HTML = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>haltman-bff API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script></body></html>`;
+const DOCS_INIT = `window.ui = SwaggerUIBundle({ url: "/openapi.json", dom_id: "#ui", deepLinking: true });`;
+
+export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) {
+  const app = new Hono<AppEnv>();
+
+  app.get("/healthz", (c) => c.json({ status: "ok" }));
+
+  app.get("/readyz", async (c) => {
+    try {
+      if (await isMigrated(c.var.deps.db)) return c.json({ status: "ready" });
+      return c.json({ status: "not_ready", reason: "database not migrated" }, 503);
+    } catch (err) {
+      c.var.log.warn({ err: describeError(err) }, "readiness check failed");
+      return c.json({ status: "not_ready", reason: "database unreachable" }, 503);
+    }
+  });
+
+  app.get("/metrics", async (c) => {
+    const { metrics, database, passwords } = c.var.deps;
+    const hashing = passwords.stats();
+    metrics.passwordHashes.set({ state: "running" }, hashing.running);
+    metrics.passwordHashes.set({ state: "waiting" }, hashing.waiting);
+    try {
+      metrics.dbPoolConnections.reset();
+      for (const [state, n] of Object.entries(await database.poolConnections())) metrics.dbPoolConnections.set({ state }, n);
+    } catch {
+      // the database being down is itself visible in the request metrics and /readyz
+    }
+    return c.text(await metrics.registry.metrics(), 200, { "Content-Type": metrics.registry.contentType });
+  });
+
+  app.get("/.well-known/jwks.json", (c) => {
+    c.header("Cache-Control", "public, max-age=300");
+    return c.json(c.var.deps.tokens.jwks());
+  });
+
+  let document: unknown;
+  app.get("/openapi.json", (c) => {
+    document ??= new OpenApiGeneratorV31(registry.definitions).generateDocument({
+      openapi: "3.1.0",
+      info: {
+        title: "haltman-bff",
+        version: info.version,
+        description:
+          "Backend-for-frontend proxy and key vault for the Haltman mail-forwarding API: a team shares Haltman access without sharing keys.",
+      },
+      servers: [{ url: "/" }],
+    });
+    return c.json(document);
+  });
+
+  app.get("/docs", (c) => {
+    c.header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'");
+    return c.html(DOCS_HTML);
+  });
+  app.get("/docs/init.js", (c) => c.body(DOCS_INIT, 200, { "Content-Type": "text/javascript; charset=utf-8" }));
+  const assets: Record<string, string> = { "swagger-ui.css": "text/css; charset=utf-8", "swagger-ui-bundle.js": "text/javascript; charset=utf-8" };
+  const cache = new Map<string, Buffer>();
+  app.get("/docs/assets/:file", (c) => {
+    const file = c.req.param("file");
+    const type = assets[file];
+    if (!type || !swaggerDir) return c.notFound();
+    let body = cache.get(file);
+    if (!body) {
+      body = readFileSync(join(swaggerDir, file));
+      cache.set(file, body);
+    }
+    return c.body(new Uint8Array(body), 200, { "Content-Type": type, "Cache-Control": "public, max-age=86400" });
+  });
+
+  return app;
+}

@@ -1,0 +1,70 @@
+// Entry: config -> dependencies -> serve(createApp(deps)); graceful shutdown on SIGTERM/SIGINT.
+import { serve } from "@hono/node-server";
+import type { Server } from "node:http";
+import { createApp } from "./app.js";
+import { ConfigError, loadConfig } from "./config.js";
+import { KeyringError } from "./crypto/keyring.js";
+import { createDeps } from "./deps.js";
+import { createLogger, describeError } from "./log.js";
+import { sweepBuckets } from "./services/rate-limit.js";
+import { StartupError, ensureFirstAdmin, prepareDatabase } from "./startup.js";
+
+async function main() {
+  let config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      for (const p of err.problems) process.stderr.write(`config: ${p}\n`);
+      process.exit(78); // EX_CONFIG
+    }
+    throw err;
+  }
+  const log = createLogger(config.logLevel);
+  const { database, keyring } = await prepareDatabase(config, log);
+  const deps = await createDeps({ config, database, keyring, log });
+  await ensureFirstAdmin(deps, (text) => process.stdout.write(text + "\n"));
+
+  const app = createApp(deps);
+  const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
+    log.info({ host: info.address, port: info.port, database: database.kind }, "listening");
+  }) as Server;
+  server.keepAliveTimeout = 65_000; // longer than common load balancers' idle timeout
+  server.headersTimeout = 20_000;
+  server.requestTimeout = 60_000;
+
+  const sweeper = setInterval(() => {
+    sweepBuckets(database.db).catch((err) => log.warn({ err: describeError(err) }, "rate-limit sweep failed"));
+  }, 10 * 60_000);
+  sweeper.unref();
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "shutting down: no new connections, finishing requests in flight");
+    clearInterval(sweeper);
+    const force = setTimeout(() => {
+      log.warn("requests still in flight after 15 s; closing their connections");
+      server.closeAllConnections();
+    }, 15_000);
+    force.unref();
+    server.close(async () => {
+      await database.close().catch(() => {});
+      log.info("stopped");
+      process.exit(0);
+    });
+    server.closeIdleConnections();
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
+
+main().catch((err) => {
+  if (err instanceof StartupError || err instanceof KeyringError) {
+    process.stderr.write(`startup: ${err.message}\n`);
+    process.exit(78);
+  }
+  process.stderr.write(`startup failed: ${JSON.stringify(describeError(err))}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,58 @@
+// Prometheus metrics. One registry per app instance (tests build several apps in one process).
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+export type Metrics = ReturnType<typeof createMetrics>;
+
+export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
+  const registry = new Registry();
+  if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
+  const m = {
+    registry,
+    httpRequests: new Counter({
+      name: "http_requests_total",
+      help: "HTTP requests answered, by route pattern, method and status",
+      labelNames: ["route", "method", "status"] as const,
+      registers: [registry],
+    }),
+    httpDuration: new Histogram({
+      name: "http_request_duration_seconds",
+      help: "Time to answer, by route pattern and method",
+      labelNames: ["route", "method"] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    }),
+    dbPoolMax: new Gauge({ name: "db_pool_max_connections", help: "Most connections the database pool opens", registers: [registry] }),
+    dbPoolConnections: new Gauge({
+      name: "db_pool_connections",
+      help: "This instance's database connections, by state",
+      labelNames: ["state"] as const,
+      registers: [registry],
+    }),
+    passwordHashes: new Gauge({
+      name: "password_hashes",
+      help: "argon2 computations running and queued",
+      labelNames: ["state"] as const,
+      registers: [registry],
+    }),
+    upstreamRequests: new Counter({
+      name: "upstream_requests_total",
+      help: "Calls to Haltman, by operation and result (HTTP status or fault)",
+      labelNames: ["operation", "result"] as const,
+      registers: [registry],
+    }),
+    upstreamDuration: new Histogram({
+      name: "upstream_request_duration_seconds",
+      help: "Time Haltman took to answer, by operation",
+      labelNames: ["operation"] as const,
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    rateLimitRefusals: new Counter({
+      name: "rate_limit_refusals_total",
+      help: "Calls refused by a rate limit, by reason (user, key, global, upstream, login)",
+      labelNames: ["reason"] as const,
+      registers: [registry],
+    }),
+  };
+  return m;
+}

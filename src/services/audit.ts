@@ -1,0 +1,238 @@
+// The audit log. `record` is called inside the transaction of the change it describes, so a change
+// whose record cannot be written does not happen (fail closed). Nothing secret goes in: callers
+// pass ids and names, never a password, token or key.
+import { randomUUID } from "node:crypto";
+import { and, desc, eq, gte, lt, lte, or, sql, type SQL } from "drizzle-orm";
+import type { Executor } from "../db/client.js";
+import { auditEventOutcomes, auditEvents } from "../db/schema.js";
+
+export type AuditAction =
+  | "auth.login"
+  | "auth.login_failed"
+  | "auth.logout"
+  | "auth.refresh_reused"
+  | "auth.password_change"
+  | "user.create"
+  | "user.update"
+  | "key.create"
+  | "key.delete"
+  | "grant.create"
+  | "grant.revoke"
+  | "handle.create"
+  | "domain.enable";
+
+export const AUDIT_OUTCOMES = ["success", "invalid", "denied", "rate_limited", "upstream_refused", "upstream_error", "unknown"] as const;
+export type AuditOutcome = (typeof AUDIT_OUTCOMES)[number];
+
+/** Where a request came from: carried by every service call that may be audited. */
+export type RequestMeta = { requestId: string; ip: string | null; userAgent: string | null };
+
+export type Actor = { id: string; username: string };
+
+export type AuditInput = {
+  action: AuditAction;
+  /** null: a proxied call recorded before it goes upstream; its outcome follows in `recordOutcome` */
+  outcome: AuditOutcome | null;
+  actor: Actor | null;
+  meta: RequestMeta;
+  keyId?: string | null;
+  keyOwnerId?: string | null;
+  subjectId?: string | null;
+  handle?: string | null;
+  domain?: string | null;
+  upstreamStatus?: number | null;
+  detail?: Record<string, unknown> | null;
+};
+
+const MAX_USER_AGENT = 512;
+
+export function auditRow(e: AuditInput, id: string = randomUUID()): typeof auditEvents.$inferInsert {
+  return {
+    id,
+    requestId: e.meta.requestId,
+    actorId: e.actor?.id ?? null,
+    actorUsername: e.actor?.username ?? null,
+    action: e.action,
+    outcome: e.outcome,
+    keyId: e.keyId ?? null,
+    keyOwnerId: e.keyOwnerId ?? null,
+    subjectId: e.subjectId ?? null,
+    handle: e.handle ?? null,
+    domain: e.domain ?? null,
+    upstreamStatus: e.upstreamStatus ?? null,
+    ip: e.meta.ip,
+    userAgent: e.meta.userAgent?.slice(0, MAX_USER_AGENT) ?? null,
+    detail: e.detail ?? null,
+  };
+}
+
+/** Appends one event; returns its id. Call it with the transaction of the change it records. */
+export async function record(ex: Executor, e: AuditInput): Promise<string> {
+  const row = auditRow(e);
+  await ex.insert(auditEvents).values(row);
+  return row.id!;
+}
+
+/** The outcome of an event recorded with `outcome: null` (a call that went upstream). */
+export async function recordOutcome(
+  ex: Executor,
+  eventId: string,
+  outcome: AuditOutcome,
+  upstreamStatus: number | null,
+  detail?: Record<string, unknown>,
+): Promise<void> {
+  await ex.insert(auditEventOutcomes).values({ eventId, outcome, upstreamStatus, detail: detail ?? null });
+}
+
+// ---- reading ----------------------------------------------------------------------------------
+
+export type AuditViewer = { id: string; role: "admin" | "member" };
+
+export type AuditFilters = {
+  actor?: string;
+  action?: string;
+  handle?: string;
+  domain?: string;
+  keyId?: string;
+  outcome?: AuditOutcome;
+  since?: Date;
+  until?: Date;
+};
+
+export type AuditEventView = {
+  id: string;
+  at: string;
+  request_id: string;
+  actor: Actor | null;
+  action: string;
+  outcome: AuditOutcome;
+  key_id: string | null;
+  subject_id: string | null;
+  handle: string | null;
+  domain: string | null;
+  upstream_status: number | null;
+  ip: string | null;
+  user_agent: string | null;
+  detail: Record<string, unknown> | null;
+};
+
+const outcomeExpr = sql<AuditOutcome>`coalesce(${auditEventOutcomes.outcome}, ${auditEvents.outcome}, 'unknown')`;
+
+function whereFor(viewer: AuditViewer, f: AuditFilters, beforeSeq?: number): SQL | undefined {
+  return and(
+    // A member sees what they did and what was done with keys they own.
+    viewer.role === "admin" ? undefined : or(eq(auditEvents.actorId, viewer.id), eq(auditEvents.keyOwnerId, viewer.id)),
+    f.actor ? eq(auditEvents.actorId, f.actor) : undefined,
+    f.action ? eq(auditEvents.action, f.action) : undefined,
+    f.handle ? eq(auditEvents.handle, f.handle) : undefined,
+    f.domain ? eq(auditEvents.domain, f.domain) : undefined,
+    f.keyId ? eq(auditEvents.keyId, f.keyId) : undefined,
+    f.outcome ? sql`${outcomeExpr} = ${f.outcome}` : undefined,
+    f.since ? gte(auditEvents.at, f.since) : undefined,
+    f.until ? lte(auditEvents.at, f.until) : undefined,
+    beforeSeq !== undefined ? lt(auditEvents.seq, beforeSeq) : undefined,
+  );
+}
+
+async function page(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: number, beforeSeq?: number) {
+  return ex
+    .select({
+      seq: auditEvents.seq,
+      id: auditEvents.id,
+      at: auditEvents.at,
+      requestId: auditEvents.requestId,
+      actorId: auditEvents.actorId,
+      actorUsername: auditEvents.actorUsername,
+      action: auditEvents.action,
+      outcome: outcomeExpr,
+      keyId: auditEvents.keyId,
+      subjectId: auditEvents.subjectId,
+      handle: auditEvents.handle,
+      domain: auditEvents.domain,
+      upstreamStatus: sql<number | null>`coalesce(${auditEventOutcomes.upstreamStatus}, ${auditEvents.upstreamStatus})`,
+      ip: auditEvents.ip,
+      userAgent: auditEvents.userAgent,
+      detail: auditEvents.detail,
+      outcomeDetail: auditEventOutcomes.detail,
+    })
+    .from(auditEvents)
+    .leftJoin(auditEventOutcomes, eq(auditEventOutcomes.eventId, auditEvents.id))
+    .where(whereFor(viewer, f, beforeSeq))
+    .orderBy(desc(auditEvents.seq))
+    .limit(limit);
+}
+
+type PageRow = Awaited<ReturnType<typeof page>>[number];
+
+function toView(r: PageRow): AuditEventView {
+  const detail = r.detail || r.outcomeDetail ? { ...(r.detail ?? {}), ...(r.outcomeDetail ?? {}) } : null;
+  return {
+    id: r.id,
+    at: new Date(r.at).toISOString(),
+    request_id: r.requestId,
+    actor: r.actorId ? { id: r.actorId, username: r.actorUsername ?? "" } : null,
+    action: r.action,
+    outcome: r.outcome,
+    key_id: r.keyId,
+    subject_id: r.subjectId,
+    handle: r.handle,
+    domain: r.domain,
+    upstream_status: r.upstreamStatus === null ? null : Number(r.upstreamStatus),
+    ip: r.ip,
+    user_agent: r.userAgent,
+    detail,
+  };
+}
+
+/** Cursors are opaque to clients: the position of the last event of the page. */
+export const encodeCursor = (seq: number) => Buffer.from(`v1:${seq}`).toString("base64url");
+export function decodeCursor(cursor: string): number | undefined {
+  const m = /^v1:(\d{1,16})$/.exec(Buffer.from(cursor, "base64url").toString("utf8"));
+  return m ? Number(m[1]) : undefined;
+}
+
+export async function listAuditEvents(
+  ex: Executor,
+  viewer: AuditViewer,
+  f: AuditFilters,
+  limit: number,
+  beforeSeq?: number,
+): Promise<{ events: AuditEventView[]; nextCursor: string | null }> {
+  const rows = await page(ex, viewer, f, limit + 1, beforeSeq);
+  const more = rows.length > limit;
+  const shown = more ? rows.slice(0, limit) : rows;
+  return { events: shown.map(toView), nextCursor: more ? encodeCursor(Number(shown[shown.length - 1]!.seq)) : null };
+}
+
+/** Every matching event, newest first, a page at a time (the export streams it). */
+export async function* allAuditEvents(ex: Executor, viewer: AuditViewer, f: AuditFilters, pageSize = 1_000) {
+  let before: number | undefined;
+  for (;;) {
+    const rows = await page(ex, viewer, f, pageSize, before);
+    for (const r of rows) yield toView(r);
+    if (rows.length < pageSize) return;
+    before = Number(rows[rows.length - 1]!.seq);
+  }
+}
+
+export const CSV_COLUMNS = [
+  "id", "at", "request_id", "actor_id", "actor_username", "action", "outcome", "key_id", "subject_id",
+  "handle", "domain", "upstream_status", "ip", "user_agent",
+] as const;
+
+/** One CSV line. Cells that a spreadsheet would run as a formula are defused with a leading quote. */
+export function csvLine(e: AuditEventView): string {
+  const cells: Record<(typeof CSV_COLUMNS)[number], string | number | null> = {
+    id: e.id, at: e.at, request_id: e.request_id, actor_id: e.actor?.id ?? null, actor_username: e.actor?.username ?? null,
+    action: e.action, outcome: e.outcome, key_id: e.key_id, subject_id: e.subject_id, handle: e.handle, domain: e.domain,
+    upstream_status: e.upstream_status, ip: e.ip, user_agent: e.user_agent,
+  };
+  return CSV_COLUMNS.map((c) => csvCell(cells[c])).join(",") + "\r\n";
+}
+
+export function csvCell(v: string | number | null): string {
+  if (v === null) return "";
+  let s = String(v);
+  if (/^[=+\-@\t\r]/.test(s)) s = `'${s}`;
+  return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}

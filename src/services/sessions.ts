@@ -1,0 +1,149 @@
+// Sessions: one per login. Refresh tokens rotate on every use; a spent one presented again is
+// taken as theft and revokes the whole session. Access tokens are checked against their session
+// through a short-lived cache: a revocation on another instance is seen within SESSION_CHECK_TTL_MS.
+import { createHash, randomBytes } from "node:crypto";
+import { and, eq, isNull, ne, sql } from "drizzle-orm";
+import type { Db, Executor } from "../db/client.js";
+import { refreshTokens, sessions, users, type UserRole } from "../db/schema.js";
+
+/** The most a revoked session's access token keeps working on another instance. */
+export const SESSION_CHECK_TTL_MS = 2_000;
+
+export type SessionState = {
+  sessionId: string;
+  userId: string;
+  username: string;
+  role: UserRole;
+  /** not revoked, not expired, user not disabled */
+  active: boolean;
+};
+
+export const hashRefreshToken = (token: string) => createHash("sha256").update(token, "utf8").digest();
+export const newRefreshToken = () => randomBytes(32).toString("base64url");
+
+export type SessionGate = {
+  /** The session's state, from memory when checked less than SESSION_CHECK_TTL_MS ago. */
+  check(sessionId: string): Promise<SessionState | undefined>;
+  /** Forget what this instance knows (its own revocations are then seen at once). */
+  forget(sessionId: string): void;
+  forgetUser(userId: string): void;
+};
+
+export function createSessionGate(db: Db, opts: { ttlMs?: number; now?: () => number; maxEntries?: number } = {}): SessionGate {
+  const ttl = opts.ttlMs ?? SESSION_CHECK_TTL_MS;
+  const now = opts.now ?? Date.now;
+  const maxEntries = opts.maxEntries ?? 50_000;
+  const cache = new Map<string, { state: SessionState | undefined; at: number }>();
+  // Concurrent checks of one session share one query.
+  const loading = new Map<string, Promise<SessionState | undefined>>();
+
+  async function load(sessionId: string): Promise<SessionState | undefined> {
+    const rows = await db
+      .select({
+        userId: users.id,
+        username: users.username,
+        role: users.role,
+        disabled: users.disabled,
+        revokedAt: sessions.revokedAt,
+        live: sql<boolean>`${sessions.expiresAt} > now()`,
+      })
+      .from(sessions)
+      .innerJoin(users, eq(users.id, sessions.userId))
+      .where(eq(sessions.id, sessionId))
+      .limit(1);
+    const r = rows[0];
+    const state = r && {
+      sessionId,
+      userId: r.userId,
+      username: r.username,
+      role: r.role,
+      active: !r.disabled && r.revokedAt === null && r.live === true,
+    };
+    if (cache.size >= maxEntries) cache.delete(cache.keys().next().value!);
+    cache.set(sessionId, { state, at: now() });
+    return state;
+  }
+
+  return {
+    async check(sessionId) {
+      const hit = cache.get(sessionId);
+      if (hit && now() - hit.at < ttl) return hit.state;
+      let p = loading.get(sessionId);
+      if (!p) {
+        p = load(sessionId).finally(() => loading.delete(sessionId));
+        loading.set(sessionId, p);
+      }
+      return p;
+    },
+    forget: (sessionId) => void cache.delete(sessionId),
+    forgetUser(userId) {
+      for (const [sid, v] of cache) if (v.state?.userId === userId) cache.delete(sid);
+    },
+  };
+}
+
+export async function createSession(
+  ex: Executor,
+  input: { userId: string; refreshTtlS: number; ip: string | null; userAgent: string | null },
+): Promise<{ sessionId: string; refreshToken: string }> {
+  const expiresAt = new Date(Date.now() + input.refreshTtlS * 1000);
+  const [s] = await ex
+    .insert(sessions)
+    .values({ userId: input.userId, expiresAt, ip: input.ip, userAgent: input.userAgent })
+    .returning({ id: sessions.id });
+  const refreshToken = newRefreshToken();
+  await ex.insert(refreshTokens).values({ tokenHash: hashRefreshToken(refreshToken), sessionId: s!.id, expiresAt });
+  return { sessionId: s!.id, refreshToken };
+}
+
+export type RotateResult =
+  | { ok: true; sessionId: string; userId: string; refreshToken: string }
+  | { ok: false; reason: "unknown" | "expired" | "revoked" | "reused"; sessionId?: string; userId?: string };
+
+/** Spends a refresh token and issues its successor, inside the caller's transaction. */
+export async function rotateRefreshToken(ex: Executor, token: string, refreshTtlS: number): Promise<RotateResult> {
+  const [row] = await ex
+    .select({
+      sessionId: refreshTokens.sessionId,
+      spentAt: refreshTokens.spentAt,
+      expired: sql<boolean>`${refreshTokens.expiresAt} <= now()`,
+      revokedAt: sessions.revokedAt,
+      userId: sessions.userId,
+      disabled: users.disabled,
+    })
+    .from(refreshTokens)
+    .innerJoin(sessions, eq(sessions.id, refreshTokens.sessionId))
+    .innerJoin(users, eq(users.id, sessions.userId))
+    .where(eq(refreshTokens.tokenHash, hashRefreshToken(token)))
+    .for("update", { of: refreshTokens })
+    .limit(1);
+  if (!row) return { ok: false, reason: "unknown" };
+  const who = { sessionId: row.sessionId, userId: row.userId };
+  if (row.revokedAt !== null || row.disabled) return { ok: false, reason: "revoked", ...who };
+  if (row.spentAt !== null) {
+    await revokeSessions(ex, { sessionId: row.sessionId }, "refresh_token_reused");
+    return { ok: false, reason: "reused", ...who };
+  }
+  if (row.expired) return { ok: false, reason: "expired", ...who };
+
+  const expiresAt = new Date(Date.now() + refreshTtlS * 1000);
+  await ex.update(refreshTokens).set({ spentAt: new Date() }).where(eq(refreshTokens.tokenHash, hashRefreshToken(token)));
+  const refreshToken = newRefreshToken();
+  await ex.insert(refreshTokens).values({ tokenHash: hashRefreshToken(refreshToken), sessionId: row.sessionId, expiresAt });
+  await ex.update(sessions).set({ expiresAt }).where(eq(sessions.id, row.sessionId));
+  return { ok: true, refreshToken, ...who };
+}
+
+/** Revokes one session, or every session of a user (optionally but one). Returns how many. */
+export async function revokeSessions(
+  ex: Executor,
+  which: { sessionId: string } | { userId: string; except?: string },
+  reason: string,
+): Promise<number> {
+  const where =
+    "sessionId" in which
+      ? and(eq(sessions.id, which.sessionId), isNull(sessions.revokedAt))
+      : and(eq(sessions.userId, which.userId), isNull(sessions.revokedAt), which.except ? ne(sessions.id, which.except) : undefined);
+  const rows = await ex.update(sessions).set({ revokedAt: new Date(), revokedReason: reason }).where(where).returning({ id: sessions.id });
+  return rows.length;
+}
