@@ -11,6 +11,7 @@ import type { AppEnv } from "./http/env.js";
 import { requestContext } from "./http/middleware/request-context.js";
 import { auditRoutes } from "./http/routes/audit.js";
 import { authRoutes } from "./http/routes/auth.js";
+import { keyRoutes } from "./http/routes/keys.js";
 import { opsRoutes } from "./http/routes/ops.js";
 import { userRoutes } from "./http/routes/users.js";
 import { describeError } from "./log.js";
@@ -106,6 +107,7 @@ export function createApp(deps: Deps) {
   app.route("/", opsRoutes(registry, { version: VERSION }));
   app.route("/", authRoutes(registry));
   app.route("/", userRoutes(registry));
+  app.route("/", keyRoutes(registry));
   app.route("/", auditRoutes(registry));
 
   app.notFound((c) => c.json(errorBody(c, "not_found", `no route for ${c.req.method} ${c.req.path}`), 404));

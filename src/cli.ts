@@ -10,6 +10,7 @@ import { createLogger } from "./log.js";
 import { createUser } from "./services/accounts.js";
 import { record } from "./services/audit.js";
 import { keyringUsage } from "./services/keyring-usage.js";
+import { rotateKeyring } from "./services/rotation.js";
 import { PASSWORD_MAX, PASSWORD_MIN, createPasswordHasher, passwordLength } from "./services/passwords.js";
 import { revokeSessions } from "./services/sessions.js";
 import { StartupError, loadKeyring, openDatabase, prepareDatabase } from "./startup.js";
@@ -22,6 +23,8 @@ const USAGE = `usage: npm run cli -- <command>
                                        create a user; the password is read from standard input
   user passwd <username>               set a user's password (read from standard input) and end their sessions
   vault status                         how many sealed items each keyring entry still seals
+  vault rotate                         re-seal everything under the first VAULT_KEYRING entry
+                                       (in batches; safe to interrupt and run again)
 `;
 
 const meta = { requestId: `cli-${process.pid}`, ip: null, userAgent: "haltman-bff cli" };
@@ -67,7 +70,8 @@ async function main(argv: string[]) {
     return;
   }
 
-  const { database } = await prepareDatabase(config, log);
+  // `vault` commands must run with a keyring that lacks an entry: that is what they report and repair.
+  const { database } = await prepareDatabase(config, log, { checkKeyring: cmd !== "vault" });
   try {
     const db = database.db;
     if (cmd === "user" && sub === "add") {
@@ -118,6 +122,19 @@ async function main(argv: string[]) {
         const where = mine.map((u) => `${u.table}: ${u.count}`).join(", ");
         const state = keyring.has(id) ? (id === keyring.activeId ? "active" : "configured") : "MISSING from VAULT_KEYRING";
         process.stdout.write(`  ${id} (${state}): ${total} sealed item(s)${where ? ` (${where})` : ""}\n`);
+      }
+      return;
+    }
+    if (cmd === "vault" && sub === "rotate") {
+      const keyring = loadKeyring(config, log);
+      const report = await rotateKeyring(db, keyring, {
+        onBatch: (table, n) => void process.stdout.write(`  ${table}: re-sealed ${n}\n`),
+      });
+      const parts = Object.entries(report.byTable).map(([t, n]) => `${t}: ${n}`).join(", ");
+      process.stdout.write(`re-sealed ${report.resealed} item(s) under "${keyring.activeId}"${parts ? ` (${parts})` : ""}\n`);
+      if (report.skipped > 0) {
+        process.stderr.write(`${report.skipped} item(s) could not be opened and were left as they are; see \`vault status\`\n`);
+        process.exit(1);
       }
       return;
     }

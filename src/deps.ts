@@ -8,6 +8,7 @@ import { createMetrics, type Metrics } from "./metrics.js";
 import { createPasswordHasher, type PasswordHasher } from "./services/passwords.js";
 import { createSessionGate, type SessionGate } from "./services/sessions.js";
 import { createTokenService, type TokenService } from "./services/tokens.js";
+import { loadVault, type Vault } from "./services/vault.js";
 
 export type LoginLimits = { perAccount: RatePolicy; perAddress: RatePolicy };
 
@@ -27,6 +28,7 @@ export type Deps = {
   passwords: PasswordHasher;
   tokens: TokenService;
   sessions: SessionGate;
+  vault: Vault;
   loginLimits: LoginLimits;
 };
 
@@ -48,6 +50,7 @@ export async function createDeps(input: {
     audience: config.jwtAudience,
     accessTtlS: config.accessTokenTtlS,
   });
+  const vault = await loadVault(database.db, keyring);
   const metrics = input.metrics ?? createMetrics();
   metrics.dbPoolMax.set(database.poolMax);
   return {
@@ -60,6 +63,7 @@ export async function createDeps(input: {
     passwords: input.passwords ?? createPasswordHasher(),
     tokens,
     sessions: createSessionGate(database.db, input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
+    vault,
     loginLimits: input.loginLimits ?? DEFAULT_LOGIN_LIMITS,
   };
 }

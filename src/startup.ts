@@ -53,13 +53,17 @@ export async function checkKeyring(database: Database, keyring: Keyring): Promis
   }
 }
 
-export async function prepareDatabase(config: Config, log: Logger): Promise<{ database: Database; keyring: Keyring }> {
+export async function prepareDatabase(
+  config: Config,
+  log: Logger,
+  opts: { checkKeyring?: boolean } = {},
+): Promise<{ database: Database; keyring: Keyring }> {
   const keyring = loadKeyring(config, log);
   const database = await openDatabase(config);
   try {
     const { applied } = await migrate(database.db);
     if (applied > 0) log.info({ applied }, "database migrated");
-    await checkKeyring(database, keyring);
+    if (opts.checkKeyring ?? true) await checkKeyring(database, keyring);
   } catch (err) {
     await database.close();
     throw err;

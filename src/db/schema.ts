@@ -6,10 +6,8 @@ import {
   boolean,
   customType,
   index,
-  integer,
   jsonb,
   pgTable,
-  primaryKey,
   smallint,
   text,
   timestamp,
@@ -134,6 +132,59 @@ export const auditEventOutcomes = pgTable("audit_event_outcomes", {
   detail: jsonb("detail").$type<Record<string, unknown>>(),
 });
 
+/**
+ * Stored Haltman API keys, envelope-encrypted: `sealed_key` is the key sealed by a data key of its
+ * own; `wrapped_dek` is that data key sealed by the keyring entry `keyring_id`. Both are bound to
+ * the row's id and owner. Rotation re-wraps the data key; the key's ciphertext never changes.
+ */
+export const haltmanKeys = pgTable(
+  "haltman_keys",
+  {
+    id: uuid("id").primaryKey(),
+    ownerId: uuid("owner_id").notNull().references(() => users.id),
+    name: text("name").notNull(),
+    last4: text("last4").notNull(),
+    /** HMAC-SHA256 of the key under the vault's fingerprint secret: finds duplicates without plaintext */
+    fingerprint: bytea("fingerprint").notNull().unique(),
+    sealedKey: bytea("sealed_key").notNull(),
+    wrappedDek: bytea("wrapped_dek").notNull(),
+    keyringId: text("keyring_id").notNull(),
+    /** ok | rejected (upstream refused the key; cleared by the next call it accepts) */
+    status: text("status").$type<"ok" | "rejected">().notNull().default("ok"),
+    statusReason: text("status_reason"),
+    lastUsedAt: ts("last_used_at"),
+    createdAt: ts("created_at").notNull().defaultNow(),
+  },
+  (t) => [index("haltman_keys_owner_idx").on(t.ownerId), index("haltman_keys_keyring_idx").on(t.keyringId)],
+);
+
+export const keyGrants = pgTable(
+  "key_grants",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    keyId: uuid("key_id").notNull().references(() => haltmanKeys.id, { onDelete: "cascade" }),
+    userId: uuid("user_id").notNull().references(() => users.id),
+    grantedBy: uuid("granted_by").notNull(),
+    createdAt: ts("created_at").notNull().defaultNow(),
+    expiresAt: ts("expires_at"),
+    revokedAt: ts("revoked_at"),
+    revokedBy: uuid("revoked_by"),
+  },
+  (t) => [
+    // At most one grant per key and user that is not revoked (an expired one is revoked on regrant).
+    uniqueIndex("key_grants_one_open_idx").on(t.keyId, t.userId).where(sql`${t.revokedAt} is null`),
+    index("key_grants_user_idx").on(t.userId),
+  ],
+);
+
+/** Secrets of the service itself (the fingerprint key), sealed by the keyring like everything else. */
+export const vaultSecrets = pgTable("vault_secrets", {
+  name: text("name").primaryKey(),
+  sealed: bytea("sealed").notNull(),
+  keyringId: text("keyring_id").notNull(),
+  createdAt: ts("created_at").notNull().defaultNow(),
+});
+
 export const schemaTables = {
   users,
   sessions,
@@ -142,4 +193,7 @@ export const schemaTables = {
   rateLimitBuckets,
   auditEvents,
   auditEventOutcomes,
+  haltmanKeys,
+  keyGrants,
+  vaultSecrets,
 };

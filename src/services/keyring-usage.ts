@@ -5,7 +5,11 @@ import type { Keyring } from "../crypto/keyring.js";
 import { rowsOf, type Executor } from "../db/client.js";
 
 /** Every table that holds sealed material, with its keyring-id column. */
-export const SEALED_TABLES = [{ table: "signing_keys", what: "token-signing keys" }] as const;
+export const SEALED_TABLES = [
+  { table: "haltman_keys", what: "data keys of stored Haltman keys" },
+  { table: "signing_keys", what: "token-signing keys" },
+  { table: "vault_secrets", what: "vault secrets" },
+] as const;
 
 export type KeyringUsage = { keyringId: string; table: string; count: number }[];
 

@@ -33,7 +33,7 @@ export type TokenService = {
   jwks(): { keys: JWK[] };
 };
 
-const signingBinding = (kid: string) => ({ purpose: "jwt-signing-key", table: "signing_keys", id: kid });
+export const signingBinding = (kid: string) => ({ purpose: "jwt-signing-key", table: "signing_keys", id: kid });
 
 type KeyRow = typeof signingKeys.$inferSelect;
 

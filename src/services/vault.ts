@@ -1,0 +1,305 @@
+// The key vault: stored Haltman keys, who may use them, and opening one for an upstream call.
+import { randomBytes, randomUUID } from "node:crypto";
+import { and, desc, eq, gt, isNull, or, sql, type SQL } from "drizzle-orm";
+import { fingerprint, openApiKey, sealApiKey } from "../crypto/envelope.js";
+import type { Keyring } from "../crypto/keyring.js";
+import type { Db, Executor } from "../db/client.js";
+import { haltmanKeys, keyGrants, users, vaultSecrets } from "../db/schema.js";
+import { AppError, conflict, forbidden, invalidParams, notFound } from "../errors.js";
+import { isUniqueViolation } from "./accounts.js";
+import { record, type RequestMeta } from "./audit.js";
+
+export type Vault = { keyring: Keyring; fingerprintSecret: Buffer };
+export type Caller = { id: string; username: string; role: "admin" | "member" };
+
+export type KeyView = {
+  id: string;
+  name: string;
+  last4: string;
+  status: "ok" | "rejected";
+  owner: { id: string; username: string };
+  access: "owner" | "grant" | "admin";
+  created_at: string;
+  last_used_at: string | null;
+};
+
+export const secretBinding = (name: string) => ({ purpose: "vault-secret", table: "vault_secrets", id: name });
+
+/** Loads the vault's own secrets, creating them at first start (once, whatever the number of instances). */
+export async function loadVault(db: Db, keyring: Keyring): Promise<Vault> {
+  const name = "fingerprint";
+  const load = async (ex: Executor) => (await ex.select().from(vaultSecrets).where(eq(vaultSecrets.name, name)).limit(1))[0];
+  let row = await load(db);
+  if (!row) {
+    row = await db.transaction(async (tx) => {
+      await tx.execute(sql`select pg_advisory_xact_lock(${0x56415554})`); // "VAUT"
+      const raced = await load(tx);
+      if (raced) return raced;
+      const secret = randomBytes(32);
+      const sealed = keyring.seal(secret, secretBinding(name));
+      secret.fill(0);
+      const [r] = await tx.insert(vaultSecrets).values({ name, sealed: sealed.box, keyringId: sealed.keyringId }).returning();
+      return r!;
+    });
+  }
+  return { keyring, fingerprintSecret: keyring.open({ keyringId: row.keyringId, box: row.sealed }, secretBinding(name)) };
+}
+
+/** Upstream's own normalisation: trimmed, lower-cased; then 64 hex characters (32 random bytes). */
+export function normaliseApiKey(raw: string): string | undefined {
+  const k = raw.trim().toLowerCase();
+  return /^[0-9a-f]{64}$/.test(k) ? k : undefined;
+}
+
+// An active grant: not revoked, not expired, checked on the database's clock at each request.
+const activeGrant = (keyId: SQL | typeof haltmanKeys.id, userId: string) =>
+  sql`exists (select 1 from ${keyGrants} g where g.key_id = ${keyId} and g.user_id = ${userId}
+      and g.revoked_at is null and (g.expires_at is null or g.expires_at > now()))`;
+
+export async function createKey(
+  db: Db,
+  vault: Vault,
+  caller: Caller,
+  meta: RequestMeta,
+  input: { name: string; api_key: string },
+): Promise<KeyView> {
+  const apiKey = normaliseApiKey(input.api_key);
+  if (!apiKey) throw invalidParams("api_key", "api_key must be 64 hexadecimal characters (a Haltman API key)");
+  const fp = fingerprint(vault.fingerprintSecret, apiKey);
+  const id = randomUUID();
+  const envelope = sealApiKey(vault.keyring, { id, ownerId: caller.id }, apiKey);
+  const last4 = apiKey.slice(-4);
+  try {
+    const row = await db.transaction(async (tx) => {
+      const [r] = await tx
+        .insert(haltmanKeys)
+        .values({ id, ownerId: caller.id, name: input.name, last4, fingerprint: fp, ...envelope })
+        .returning();
+      await record(tx, {
+        action: "key.create",
+        outcome: "success",
+        actor: caller,
+        meta,
+        keyId: id,
+        keyOwnerId: caller.id,
+        detail: { name: input.name },
+      });
+      return r!;
+    });
+    return toView(row, { id: caller.id, username: caller.username }, "owner");
+  } catch (err) {
+    if (isUniqueViolation(err)) throw conflict("this Haltman key is already stored");
+    throw err;
+  }
+}
+
+function toView(r: typeof haltmanKeys.$inferSelect, owner: { id: string; username: string }, access: KeyView["access"]): KeyView {
+  return {
+    id: r.id,
+    name: r.name,
+    last4: r.last4,
+    status: r.status,
+    owner,
+    access,
+    created_at: r.createdAt.toISOString(),
+    last_used_at: r.lastUsedAt ? r.lastUsedAt.toISOString() : null,
+  };
+}
+
+/** Keys the caller owns or holds an active grant on; with `all` (admins only), every key. */
+export async function listKeys(ex: Executor, caller: Caller, all: boolean): Promise<KeyView[]> {
+  if (all && caller.role !== "admin") throw forbidden("?all=true needs the admin role");
+  const rows = await ex
+    .select({ key: haltmanKeys, ownerUsername: users.username, granted: activeGrant(haltmanKeys.id, caller.id).mapWith(Boolean) })
+    .from(haltmanKeys)
+    .innerJoin(users, eq(users.id, haltmanKeys.ownerId))
+    .where(all ? undefined : or(eq(haltmanKeys.ownerId, caller.id), activeGrant(haltmanKeys.id, caller.id)))
+    .orderBy(desc(haltmanKeys.createdAt));
+  return rows.map((r) =>
+    toView(r.key, { id: r.key.ownerId, username: r.ownerUsername }, r.key.ownerId === caller.id ? "owner" : r.granted ? "grant" : "admin"),
+  );
+}
+
+export type KeyAccess = "owner" | "admin" | "grant";
+
+/**
+ * The key as the caller may see it, and how. A key the caller may not see is `not_found`, exactly
+ * as a key that does not exist. `manage` asks for owner-or-admin: a grantee gets `forbidden`.
+ */
+export async function keyFor(
+  ex: Executor,
+  caller: Caller,
+  keyId: string,
+  need: "see" | "manage",
+): Promise<{ key: typeof haltmanKeys.$inferSelect; ownerUsername: string; access: KeyAccess }> {
+  if (!isUuid(keyId)) throw notFound("key");
+  const [r] = await ex
+    .select({ key: haltmanKeys, ownerUsername: users.username, granted: activeGrant(haltmanKeys.id, caller.id).mapWith(Boolean) })
+    .from(haltmanKeys)
+    .innerJoin(users, eq(users.id, haltmanKeys.ownerId))
+    .where(eq(haltmanKeys.id, keyId))
+    .limit(1);
+  if (!r) throw notFound("key");
+  const access: KeyAccess | undefined =
+    r.key.ownerId === caller.id ? "owner" : caller.role === "admin" ? "admin" : r.granted ? "grant" : undefined;
+  if (!access) throw notFound("key");
+  if (need === "manage" && access === "grant") throw forbidden("only the key's owner or an admin can do this");
+  return { key: r.key, ownerUsername: r.ownerUsername, access };
+}
+
+export async function deleteKey(db: Db, caller: Caller, meta: RequestMeta, keyId: string): Promise<void> {
+  await db.transaction(async (tx) => {
+    const { key } = await keyFor(tx, caller, keyId, "manage");
+    const deleted = await tx.delete(haltmanKeys).where(eq(haltmanKeys.id, key.id)).returning({ id: haltmanKeys.id });
+    if (deleted.length === 0) throw notFound("key");
+    await record(tx, {
+      action: "key.delete",
+      outcome: "success",
+      actor: caller,
+      meta,
+      keyId: key.id,
+      keyOwnerId: key.ownerId,
+      detail: { name: key.name },
+    });
+  });
+}
+
+// ---- choosing and opening a key for a proxied call --------------------------------------------
+
+export type ChosenKey = {
+  id: string;
+  ownerId: string;
+  name: string;
+  /** opens the key for the one upstream call; never stored */
+  open(): string;
+};
+
+/**
+ * The key a proxied call uses: the one named by X-Key-Id, or the caller's only usable key.
+ * `key_required` when they may use several, `forbidden` when none, `not_found` for a key id they
+ * may not use (owners and active grantees only: an admin's role manages keys, it does not use them).
+ */
+export async function chooseKey(ex: Executor, vault: Vault, caller: Caller, keyIdHeader: string | undefined): Promise<ChosenKey> {
+  const usable = or(eq(haltmanKeys.ownerId, caller.id), activeGrant(haltmanKeys.id, caller.id));
+  let rows: (typeof haltmanKeys.$inferSelect)[];
+  if (keyIdHeader !== undefined) {
+    if (!isUuid(keyIdHeader.trim())) throw notFound("key");
+    rows = await ex.select().from(haltmanKeys).where(and(eq(haltmanKeys.id, keyIdHeader.trim()), usable)).limit(1);
+    if (rows.length === 0) throw notFound("key");
+  } else {
+    rows = await ex.select().from(haltmanKeys).where(usable).limit(2);
+    if (rows.length === 0) throw forbidden("you may use no Haltman key: ask a key owner for a grant");
+    if (rows.length > 1) throw new AppError("key_required", "you may use several keys: name one with the X-Key-Id header");
+  }
+  const row = rows[0]!;
+  return {
+    id: row.id,
+    ownerId: row.ownerId,
+    name: row.name,
+    open: () => openApiKey(vault.keyring, row),
+  };
+}
+
+/** After an upstream answer: when the key was last used, and whether upstream accepted it. */
+export async function markKeyUsed(ex: Executor, keyId: string, outcome: { rejected: false } | { rejected: true; reason: string }): Promise<void> {
+  await ex
+    .update(haltmanKeys)
+    .set(
+      outcome.rejected
+        ? { lastUsedAt: sql`now()`, status: "rejected", statusReason: outcome.reason }
+        : { lastUsedAt: sql`now()`, status: "ok", statusReason: null },
+    )
+    .where(eq(haltmanKeys.id, keyId));
+}
+
+export function isUuid(s: string): boolean {
+  return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s);
+}
+
+// ---- grants ----------------------------------------------------------------------------------
+
+export type GrantView = { id: string; key_id: string; user: { id: string; username: string }; expires_at: string | null; created_at: string };
+
+export async function createGrant(
+  db: Db,
+  caller: Caller,
+  meta: RequestMeta,
+  keyId: string,
+  input: { username: string; expires_at?: Date | undefined },
+): Promise<GrantView> {
+  try {
+    return await db.transaction(async (tx) => {
+      const { key } = await keyFor(tx, caller, keyId, "manage");
+      const [grantee] = await tx.select().from(users).where(eq(users.username, input.username.toLowerCase())).limit(1);
+      if (!grantee) throw invalidParams("username", "no user of that name");
+      if (grantee.id === key.ownerId) throw invalidParams("username", "the key's owner needs no grant");
+      if (input.expires_at && input.expires_at.getTime() <= Date.now()) throw invalidParams("expires_at", "expires_at must be in the future");
+      // A grant that has expired is closed now, so that the user can be granted again.
+      await tx
+        .update(keyGrants)
+        .set({ revokedAt: sql`now()` })
+        .where(and(eq(keyGrants.keyId, key.id), eq(keyGrants.userId, grantee.id), isNull(keyGrants.revokedAt), sql`${keyGrants.expiresAt} <= now()`));
+      const [g] = await tx
+        .insert(keyGrants)
+        .values({ keyId: key.id, userId: grantee.id, grantedBy: caller.id, expiresAt: input.expires_at ?? null })
+        .returning();
+      await record(tx, {
+        action: "grant.create",
+        outcome: "success",
+        actor: caller,
+        meta,
+        keyId: key.id,
+        keyOwnerId: key.ownerId,
+        subjectId: grantee.id,
+        detail: { grant_id: g!.id, grantee: grantee.username, expires_at: g!.expiresAt?.toISOString() ?? null },
+      });
+      return grantView(g!, grantee);
+    });
+  } catch (err) {
+    if (isUniqueViolation(err)) throw conflict("that user already holds an active grant on this key");
+    throw err;
+  }
+}
+
+const grantView = (g: typeof keyGrants.$inferSelect, u: { id: string; username: string }): GrantView => ({
+  id: g.id,
+  key_id: g.keyId,
+  user: { id: u.id, username: u.username },
+  expires_at: g.expiresAt ? g.expiresAt.toISOString() : null,
+  created_at: g.createdAt.toISOString(),
+});
+
+export async function listGrants(ex: Executor, caller: Caller, keyId: string): Promise<GrantView[]> {
+  const { key } = await keyFor(ex, caller, keyId, "manage");
+  const rows = await ex
+    .select({ g: keyGrants, username: users.username })
+    .from(keyGrants)
+    .innerJoin(users, eq(users.id, keyGrants.userId))
+    .where(and(eq(keyGrants.keyId, key.id), isNull(keyGrants.revokedAt), or(isNull(keyGrants.expiresAt), gt(keyGrants.expiresAt, sql`now()`))))
+    .orderBy(keyGrants.createdAt);
+  return rows.map((r) => grantView(r.g, { id: r.g.userId, username: r.username }));
+}
+
+export async function revokeGrant(db: Db, caller: Caller, meta: RequestMeta, keyId: string, grantId: string): Promise<void> {
+  await db.transaction(async (tx) => {
+    const { key } = await keyFor(tx, caller, keyId, "manage");
+    if (!isUuid(grantId)) throw notFound("grant");
+    const [g] = await tx
+      .update(keyGrants)
+      .set({ revokedAt: sql`now()`, revokedBy: caller.id })
+      .where(and(eq(keyGrants.id, grantId), eq(keyGrants.keyId, key.id), isNull(keyGrants.revokedAt)))
+      .returning();
+    if (!g) throw notFound("grant");
+    const [grantee] = await tx.select({ username: users.username }).from(users).where(eq(users.id, g.userId)).limit(1);
+    await record(tx, {
+      action: "grant.revoke",
+      outcome: "success",
+      actor: caller,
+      meta,
+      keyId: key.id,
+      keyOwnerId: key.ownerId,
+      subjectId: g.userId,
+      detail: { grant_id: g.id, grantee: grantee?.username ?? null },
+    });
+  });
+}
