@@ -13,6 +13,7 @@ import { auditRoutes } from "./http/routes/audit.js";
 import { authRoutes } from "./http/routes/auth.js";
 import { keyRoutes } from "./http/routes/keys.js";
 import { opsRoutes } from "./http/routes/ops.js";
+import { proxyRoutes } from "./http/routes/proxy.js";
 import { userRoutes } from "./http/routes/users.js";
 import { describeError } from "./log.js";
 
@@ -109,11 +110,13 @@ export function createApp(deps: Deps) {
   app.route("/", userRoutes(registry));
   app.route("/", keyRoutes(registry));
   app.route("/", auditRoutes(registry));
+  app.route("/", proxyRoutes(registry));
 
   app.notFound((c) => c.json(errorBody(c, "not_found", `no route for ${c.req.method} ${c.req.path}`), 404));
 
   app.onError((err, c) => {
     if (err instanceof AppError) {
+      for (const [name, value] of Object.entries(err.headers)) c.header(name, value);
       if (err.extras.retry_after !== undefined) c.header("Retry-After", String(err.extras.retry_after));
       if (err.status >= 500) c.var.log.warn({ err: describeError(err.cause ?? err), error: err.code }, err.message);
       return c.json(errorBody(c, err.code, err.message, err.extras), err.status as 400);

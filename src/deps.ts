@@ -9,6 +9,7 @@ import { createPasswordHasher, type PasswordHasher } from "./services/passwords.
 import { createSessionGate, type SessionGate } from "./services/sessions.js";
 import { createTokenService, type TokenService } from "./services/tokens.js";
 import { loadVault, type Vault } from "./services/vault.js";
+import { createUpstreamClient, type UpstreamClient } from "./upstream/client.js";
 
 export type LoginLimits = { perAccount: RatePolicy; perAddress: RatePolicy };
 
@@ -29,6 +30,7 @@ export type Deps = {
   tokens: TokenService;
   sessions: SessionGate;
   vault: Vault;
+  upstream: UpstreamClient;
   loginLimits: LoginLimits;
 };
 
@@ -41,6 +43,7 @@ export async function createDeps(input: {
   loginLimits?: LoginLimits;
   metrics?: Metrics;
   sessionCheckTtlMs?: number;
+  upstream?: UpstreamClient;
 }): Promise<Deps> {
   const { config, database, keyring } = input;
   const tokens = await createTokenService({
@@ -64,6 +67,9 @@ export async function createDeps(input: {
     tokens,
     sessions: createSessionGate(database.db, input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
     vault,
+    upstream:
+      input.upstream ??
+      createUpstreamClient({ baseUrl: config.haltmanBaseUrl, timeoutMs: config.upstreamTimeoutMs, bot: config.haltmanBot }),
     loginLimits: input.loginLimits ?? DEFAULT_LOGIN_LIMITS,
   };
 }

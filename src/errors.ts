@@ -33,13 +33,16 @@ export type ErrorExtras = {
 
 export class AppError extends Error {
   readonly status: number;
+  /** response headers that belong with this error (RateLimit, Retry-After); never secret */
+  headers: Record<string, string>;
   constructor(
     readonly code: ErrorCode,
     message: string,
     readonly extras: ErrorExtras = {},
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; headers?: Record<string, string> },
   ) {
     super(message, options);
+    this.headers = options?.headers ?? {};
     this.name = "AppError";
     this.status = ERROR_STATUS[code];
   }

@@ -6,7 +6,8 @@ import { ConfigError, loadConfig } from "./config.js";
 import { KeyringError } from "./crypto/keyring.js";
 import { createDeps } from "./deps.js";
 import { createLogger, describeError } from "./log.js";
-import { sweepBuckets } from "./services/rate-limit.js";
+import { sweepIdempotencyKeys } from "./services/idempotency.js";
+import { sweepBuckets, sweepPauses } from "./services/rate-limit.js";
 import { StartupError, ensureFirstAdmin, prepareDatabase } from "./startup.js";
 
 async function main() {
@@ -33,8 +34,12 @@ async function main() {
   server.headersTimeout = 20_000;
   server.requestTimeout = 60_000;
 
+  // Housekeeping: rows that no longer change any decision (full buckets, spent idempotency keys,
+  // pauses in the past). Any instance may run it; the statements are idempotent.
   const sweeper = setInterval(() => {
-    sweepBuckets(database.db).catch((err) => log.warn({ err: describeError(err) }, "rate-limit sweep failed"));
+    Promise.all([sweepBuckets(database.db), sweepIdempotencyKeys(database.db), sweepPauses(database.db)]).catch((err) =>
+      log.warn({ err: describeError(err) }, "housekeeping sweep failed"),
+    );
   }, 10 * 60_000);
   sweeper.unref();
 
@@ -50,6 +55,7 @@ async function main() {
     }, 15_000);
     force.unref();
     server.close(async () => {
+      await deps.upstream.close().catch(() => {});
       await database.close().catch(() => {});
       log.info("stopped");
       process.exit(0);

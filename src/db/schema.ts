@@ -8,6 +8,7 @@ import {
   index,
   jsonb,
   pgTable,
+  primaryKey,
   smallint,
   text,
   timestamp,
@@ -185,6 +186,34 @@ export const vaultSecrets = pgTable("vault_secrets", {
   createdAt: ts("created_at").notNull().defaultNow(),
 });
 
+/**
+ * Idempotency-Key records of proxied creates, per user: the first request's body hash and, once
+ * upstream answered below 500, that answer, replayed to repeats for 24 hours.
+ */
+export const idempotencyKeys = pgTable(
+  "idempotency_keys",
+  {
+    userId: uuid("user_id").notNull(),
+    key: text("key").notNull(),
+    requestHash: bytea("request_hash").notNull(),
+    /** in_flight until the answer is stored */
+    state: text("state").$type<"in_flight" | "done">().notNull(),
+    status: smallint("status"),
+    body: text("body"),
+    createdAt: ts("created_at").notNull().default(sql`now()`),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.key] }), index("idempotency_keys_created_idx").on(t.createdAt)],
+);
+
+/**
+ * Pauses that upstream asked for with a 429: a key's (per-key limit) or everyone's (per-address
+ * limit). Checked with the rate limits, so every instance honours them.
+ */
+export const upstreamPauses = pgTable("upstream_pauses", {
+  scope: text("scope").primaryKey(),
+  until: ts("until").notNull(),
+});
+
 export const schemaTables = {
   users,
   sessions,
@@ -196,4 +225,6 @@ export const schemaTables = {
   haltmanKeys,
   keyGrants,
   vaultSecrets,
+  idempotencyKeys,
+  upstreamPauses,
 };

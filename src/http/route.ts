@@ -22,6 +22,8 @@ export type RouteSpec<B extends z.ZodType | undefined, Q extends z.ZodType | und
   tags: string[];
   access: Access;
   body?: B;
+  /** a body documented in OpenAPI but parsed by the handler itself */
+  docBody?: z.ZodType;
   query?: Q;
   /** extra middleware after validation (e.g. the proxy's key choice) */
   after?: MiddlewareHandler<AppEnv>[];
@@ -52,7 +54,7 @@ export function defineRoute<B extends z.ZodType | undefined = undefined, Q exten
       ? { description: r.description, content: { [r.contentType ?? "application/json"]: { schema: r.schema } } }
       : { description: r.description };
   }
-  for (const status of [...COMMON_ERRORS[spec.access], ...(spec.body ? [413] : []), 500]) {
+  for (const status of [...COMMON_ERRORS[spec.access], ...(spec.body ?? spec.docBody ? [413] : []), 500]) {
     responses[status] ??= { description: "error", content: { "application/json": { schema: ErrorBody } } };
   }
   registry.registerPath({
@@ -63,7 +65,7 @@ export function defineRoute<B extends z.ZodType | undefined = undefined, Q exten
     tags: spec.tags,
     ...(spec.access === "public" ? {} : { security: [{ bearerAuth: [] }] }),
     request: {
-      ...(spec.body ? { body: { required: true, content: { "application/json": { schema: spec.body } } } } : {}),
+      ...(spec.body ?? spec.docBody ? { body: { required: true, content: { "application/json": { schema: (spec.body ?? spec.docBody)! } } } } : {}),
       ...(spec.query ? { query: spec.query as z.ZodObject } : {}),
       ...(spec.headers ? { headers: spec.headers } : {}),
       ...(/:[A-Za-z_]+/.test(spec.path)

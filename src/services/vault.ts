@@ -4,7 +4,7 @@ import { and, desc, eq, gt, isNull, or, sql, type SQL } from "drizzle-orm";
 import { fingerprint, openApiKey, sealApiKey } from "../crypto/envelope.js";
 import type { Keyring } from "../crypto/keyring.js";
 import type { Db, Executor } from "../db/client.js";
-import { haltmanKeys, keyGrants, users, vaultSecrets } from "../db/schema.js";
+import { haltmanKeys, keyGrants, users, vaultSecrets, type UserRateLimits } from "../db/schema.js";
 import { AppError, conflict, forbidden, invalidParams, notFound } from "../errors.js";
 import { isUniqueViolation } from "./accounts.js";
 import { record, type RequestMeta } from "./audit.js";
@@ -170,6 +170,8 @@ export type ChosenKey = {
   id: string;
   ownerId: string;
   name: string;
+  /** the caller's own rate-limit overrides, read in the same query (an admin's change applies at once) */
+  userLimits: UserRateLimits | null;
   /** opens the key for the one upstream call; never stored */
   open(): string;
 };
@@ -181,23 +183,30 @@ export type ChosenKey = {
  */
 export async function chooseKey(ex: Executor, vault: Vault, caller: Caller, keyIdHeader: string | undefined): Promise<ChosenKey> {
   const usable = or(eq(haltmanKeys.ownerId, caller.id), activeGrant(haltmanKeys.id, caller.id));
-  let rows: (typeof haltmanKeys.$inferSelect)[];
+  const columns = { key: haltmanKeys, userLimits: sql<UserRateLimits | null>`(select rate_limits from users where id = ${caller.id})` };
+  let rows: { key: typeof haltmanKeys.$inferSelect; userLimits: UserRateLimits | null }[];
   if (keyIdHeader !== undefined) {
     if (!isUuid(keyIdHeader.trim())) throw notFound("key");
-    rows = await ex.select().from(haltmanKeys).where(and(eq(haltmanKeys.id, keyIdHeader.trim()), usable)).limit(1);
+    rows = await ex.select(columns).from(haltmanKeys).where(and(eq(haltmanKeys.id, keyIdHeader.trim()), usable)).limit(1);
     if (rows.length === 0) throw notFound("key");
   } else {
-    rows = await ex.select().from(haltmanKeys).where(usable).limit(2);
+    rows = await ex.select(columns).from(haltmanKeys).where(usable).limit(2);
     if (rows.length === 0) throw forbidden("you may use no Haltman key: ask a key owner for a grant");
     if (rows.length > 1) throw new AppError("key_required", "you may use several keys: name one with the X-Key-Id header");
   }
-  const row = rows[0]!;
+  const { key: row, userLimits } = rows[0]!;
   return {
     id: row.id,
     ownerId: row.ownerId,
     name: row.name,
+    userLimits: typeof userLimits === "string" ? (JSON.parse(userLimits) as UserRateLimits) : userLimits,
     open: () => openApiKey(vault.keyring, row),
   };
+}
+
+export async function userLimitOverrides(ex: Executor, userId: string): Promise<UserRateLimits | null> {
+  const [u] = await ex.select({ rateLimits: users.rateLimits }).from(users).where(eq(users.id, userId)).limit(1);
+  return u?.rateLimits ?? null;
 }
 
 /** After an upstream answer: when the key was last used, and whether upstream accepted it. */

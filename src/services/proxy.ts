@@ -1,0 +1,263 @@
+// The two proxied calls. In the contract's order: body parsing and validation (upstream's own
+// rules), key choice, idempotency, rate limits (and upstream's pauses), the audit record of the
+// attempt, the upstream call with the key opened for it alone, then the audit record of the
+// outcome. Every refusal on the way is audited too, and carries the RateLimit headers.
+import { AppError, rateLimited, type ErrorCode } from "../errors.js";
+import type { Deps } from "../deps.js";
+import { describeError } from "../log.js";
+import type { UpstreamClient, UpstreamOperation, UpstreamResult } from "../upstream/client.js";
+import { normaliseDomain, normaliseHandle } from "../upstream/validation.js";
+import { record, recordOutcome, type AuditAction, type AuditOutcome, type RequestMeta } from "./audit.js";
+import { claim, complete, release, requestHash, MAX_IDEMPOTENCY_KEY } from "./idempotency.js";
+import { callBuckets, pauseScopes, rateLimitHeaders } from "./limits.js";
+import { decide, pauseUpstream, peekStates } from "./rate-limit.js";
+import { chooseKey, markKeyUsed, userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
+
+export type ProxyDeps = Pick<Deps, "db" | "vault" | "config" | "metrics" | "log"> & { upstream: UpstreamClient };
+
+export type ProxyRequest = {
+  user: Caller;
+  meta: RequestMeta;
+  /** the body as received, and its Content-Type */
+  text: string;
+  contentType: string;
+  keyIdHeader: string | undefined;
+  idempotencyKey: string | undefined;
+};
+
+export type ProxyAnswer = { status: number; body: string; headers: Record<string, string> };
+
+const ACTION: Record<UpstreamOperation, AuditAction> = { handle_create: "handle.create", domain_enable: "domain.enable" };
+const JSON_TYPE = /^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/i;
+
+/** Upstream's answer for the caller, and what it means for the audit and the key. */
+type Mapped = {
+  answer: ProxyAnswer | AppError;
+  outcome: AuditOutcome;
+  upstreamStatus: number | null;
+  keyRejected?: string;
+  pause?: { scope: string; seconds: number };
+  /** an answer worth replaying to an idempotent repeat */
+  keep: boolean;
+};
+
+export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: ProxyRequest): Promise<ProxyAnswer> {
+  const { user, meta } = req;
+  const action = ACTION[op];
+  let handle: string | null = null;
+  let domain: string | null = null;
+  let key: ChosenKey | undefined;
+
+  /** Audits a refusal made before upstream, and throws it with the RateLimit headers. */
+  const refuse = async (err: AppError, outcome: AuditOutcome, detail: Record<string, unknown> = {}): Promise<never> => {
+    await record(deps.db, {
+      action,
+      outcome,
+      actor: user,
+      meta,
+      keyId: key?.id ?? null,
+      keyOwnerId: key?.ownerId ?? null,
+      handle,
+      domain,
+      detail: { error: err.code, ...(err.extras.field ? { field: err.extras.field } : {}), ...detail },
+    });
+    if (Object.keys(err.headers).length === 0) {
+      try {
+        const overrides = await userLimitOverrides(deps.db, user.id);
+        err.headers = rateLimitHeaders(await peekStates(deps.db, callBuckets(deps.config, op, user.id, overrides, key?.id)));
+      } catch {
+        // the refusal stands without its headers
+      }
+    }
+    throw err;
+  };
+
+  // 1. Body and validation, exactly as upstream would judge it.
+  let body: Record<string, unknown>;
+  try {
+    body = parseBody(req.text, req.contentType);
+  } catch (err) {
+    return refuse(err as AppError, "invalid");
+  }
+  handle = typeof body.handle === "string" ? body.handle.trim().toLowerCase().slice(0, 128) : null;
+  domain = op === "domain_enable" && typeof body.domain === "string" ? body.domain.trim().toLowerCase().slice(0, 255) : null;
+  const upstreamBody: Record<string, string> = {};
+  try {
+    upstreamBody.handle = handle = normaliseHandle(body.handle);
+    if (op === "domain_enable") upstreamBody.domain = domain = normaliseDomain(body.domain);
+  } catch (err) {
+    return refuse(err as AppError, "invalid");
+  }
+
+  // 2. Which key.
+  try {
+    key = await chooseKey(deps.db, deps.vault, user, req.keyIdHeader);
+  } catch (err) {
+    if (err instanceof AppError) return refuse(err, err.code === "key_required" ? "invalid" : "denied");
+    throw err;
+  }
+
+  // 3. Idempotency (create only): a replay never reaches the limits or upstream.
+  const idemKey = op === "handle_create" ? req.idempotencyKey : undefined;
+  if (idemKey !== undefined) {
+    if (idemKey.length < 1 || idemKey.length > MAX_IDEMPOTENCY_KEY || /[^\x21-\x7e]/.test(idemKey)) {
+      return refuse(
+        new AppError("invalid_params", `Idempotency-Key must be 1 to ${MAX_IDEMPOTENCY_KEY} visible ASCII characters`, { field: "Idempotency-Key" }),
+        "invalid",
+      );
+    }
+    const c = await claim(deps.db, user.id, idemKey, requestHash({ op, key: key.id, body: upstreamBody }), deps.config.upstreamTimeoutMs / 1000 + 60);
+    if (c.kind === "mismatch") {
+      return refuse(new AppError("idempotency_key_reused", "this Idempotency-Key was used with another request body"), "invalid");
+    }
+    if (c.kind === "in_flight") {
+      return refuse(new AppError("conflict", "a request with this Idempotency-Key is still in flight"), "invalid", { reason: "idempotency_in_flight" });
+    }
+    if (c.kind === "replay") {
+      const overrides = await userLimitOverrides(deps.db, user.id);
+      const states = await peekStates(deps.db, callBuckets(deps.config, op, user.id, overrides, key.id));
+      return { status: c.status, body: c.body, headers: { ...jsonHeaders, "Idempotent-Replayed": "true", ...rateLimitHeaders(states) } };
+    }
+  }
+  const releaseClaim = () => (idemKey !== undefined ? release(deps.db, user.id, idemKey) : Promise.resolve());
+
+  try {
+    // 4. Rate limits and upstream's pauses, decided together inside the database.
+    const buckets = callBuckets(deps.config, op, user.id, key.userLimits, key.id);
+    const decision = await decide(deps.db, buckets, { pauses: pauseScopes(op, key.id) });
+    const limitHeaders = rateLimitHeaders(decision.states);
+    if (!decision.allowed) {
+      const reason = decision.refusedBy ?? "global";
+      deps.metrics.rateLimitRefusals.inc({ reason });
+      const err = rateLimited(reason, decision.retryAfterS);
+      err.headers = limitHeaders;
+      await releaseClaim();
+      return await refuse(err, "rate_limited", { reason });
+    }
+
+    // 5. The attempt is on record before anything leaves (fail closed: no record, no call).
+    const eventId = await record(deps.db, { action, outcome: null, actor: user, meta, keyId: key.id, keyOwnerId: key.ownerId, handle, domain });
+
+    // 6. Upstream, with the key opened for this call only.
+    let result: UpstreamResult;
+    try {
+      result = await deps.upstream.call(op, { apiKey: key.open(), requestId: meta.requestId, body: upstreamBody });
+    } catch (err) {
+      // A key that fails to open: nothing was sent. Logged without material.
+      deps.log.error({ err: describeError(err), key_id: key.id }, "stored key failed to open; nothing sent upstream");
+      await recordOutcome(deps.db, eventId, "upstream_error", null, { error: "internal_error", reason: "key_unsealable" }).catch(() => {});
+      await releaseClaim().catch(() => {});
+      throw new AppError("internal_error", "the stored key could not be opened; nothing was sent upstream");
+    }
+    const mapped = mapResult(result, op, key.id);
+    deps.metrics.upstreamRequests.inc({ operation: op, result: result.kind === "answer" ? String(result.status) : result.kind === "timeout" ? "timeout" : result.reason });
+    deps.metrics.upstreamDuration.observe({ operation: op }, result.ms / 1000);
+    if (mapped.outcome === "upstream_error") {
+      deps.log.warn({ operation: op, key_id: key.id, result: result.kind, upstream_status: mapped.upstreamStatus, ms: Math.round(result.ms) }, "upstream call failed");
+    }
+
+    // 7. The outcome. Upstream has acted by now: a failure to record it is logged, and the call
+    // stays in the audit log as `unknown`, but the caller still gets upstream's answer.
+    const answerBody = mapped.answer instanceof AppError ? undefined : mapped.answer.body;
+    const after = await Promise.allSettled([
+      recordOutcome(deps.db, eventId, mapped.outcome, mapped.upstreamStatus, mapped.answer instanceof AppError ? { error: mapped.answer.code, ...(mapped.answer.extras.reason ? { reason: mapped.answer.extras.reason } : {}) } : undefined),
+      result.kind === "answer" ? markKeyUsed(deps.db, key.id, mapped.keyRejected ? { rejected: true, reason: mapped.keyRejected } : { rejected: false }) : Promise.resolve(),
+      mapped.pause ? pauseUpstream(deps.db, mapped.pause.scope, mapped.pause.seconds) : Promise.resolve(),
+      idemKey !== undefined
+        ? mapped.keep && answerBody !== undefined && !(mapped.answer instanceof AppError)
+          ? complete(deps.db, user.id, idemKey, mapped.answer.status, answerBody)
+          : releaseClaim()
+        : Promise.resolve(),
+    ]);
+    for (const r of after) {
+      if (r.status === "rejected") deps.log.error({ err: describeError(r.reason), event_id: eventId }, "recording a proxied call's outcome failed");
+    }
+    if (mapped.pause) deps.metrics.rateLimitRefusals.inc({ reason: "upstream" });
+
+    if (mapped.answer instanceof AppError) {
+      mapped.answer.headers = { ...limitHeaders, ...mapped.answer.headers };
+      throw mapped.answer;
+    }
+    return { ...mapped.answer, headers: { ...mapped.answer.headers, ...limitHeaders } };
+  } catch (err) {
+    if (!(err instanceof AppError)) await releaseClaim().catch(() => {});
+    throw err;
+  }
+}
+
+const jsonHeaders = { "Content-Type": "application/json; charset=utf-8" };
+
+function parseBody(text: string, contentType: string): Record<string, unknown> {
+  // Like upstream: a body that is not sent as JSON is not parsed (the handle is then missing).
+  if (!JSON_TYPE.test(contentType) || text.trim() === "") return {};
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new AppError("invalid_json", "the request body is not valid JSON");
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new AppError("invalid_params", "the request body must be a JSON object", { field: "body" });
+  }
+  return value as Record<string, unknown>;
+}
+
+/** The contract's table: upstream's answer -> ours. */
+export function mapResult(result: UpstreamResult, op: UpstreamOperation, keyId: string): Mapped {
+  const fail = (code: ErrorCode, message: string, outcome: AuditOutcome, status: number | null, extras: AppError["extras"] = {}): Mapped => ({
+    answer: new AppError(code, message, extras),
+    outcome,
+    upstreamStatus: status,
+    keep: false,
+  });
+  if (result.kind === "timeout") return fail("upstream_timeout", "Haltman did not answer in time", "upstream_error", null);
+  if (result.kind === "unavailable") {
+    const why = {
+      refused: "Haltman refused the connection",
+      reset: "the connection to Haltman was reset",
+      redirect: "Haltman answered with a redirect, which is never followed",
+      too_large: "Haltman's answer was larger than 1 MiB",
+      not_json: "Haltman's answer was not JSON",
+      error: "the call to Haltman failed",
+    }[result.reason];
+    return fail("upstream_unavailable", why, "upstream_error", result.status ?? null);
+  }
+  const { status } = result;
+  if (status >= 500) {
+    return fail("upstream_error", `Haltman answered ${status}`, "upstream_error", status, { upstream_status: status });
+  }
+  if (status === 429) {
+    const retry = retryAfterSeconds(result.headers["retry-after"]);
+    if (result.isJson) {
+      // Upstream's per-key limit: this key's bucket is paused until then.
+      const scope = pauseScopes(op, keyId)[1]!;
+      return { ...fail("rate_limited", `Haltman's limit for this key is reached; retry in ${retry} s`, "rate_limited", 429, { reason: "upstream", retry_after: retry }), pause: { scope, seconds: retry } };
+    }
+    // Upstream's per-address limit: every call leaves from our address, so everyone pauses.
+    return { ...fail("rate_limited", `Haltman's limit for this service is reached; retry in ${retry} s`, "rate_limited", 429, { reason: "upstream", retry_after: retry }), pause: { scope: "global", seconds: retry } };
+  }
+  if (!result.isJson) return fail("upstream_unavailable", "Haltman's answer was not JSON", "upstream_error", status);
+  if (status === 401) {
+    const code = (result.json as { error?: unknown }).error;
+    const reason = typeof code === "string" && /^[a-z_]{1,64}$/.test(code) ? code : "unauthorized";
+    return { ...fail("upstream_key_rejected", "Haltman refused the stored key; its owner must replace it", "upstream_error", 401, { reason }), keyRejected: reason };
+  }
+  if (status === 200 || status === 400 || status === 403 || status === 404 || status === 409) {
+    return {
+      answer: { status, body: result.body.toString("utf8"), headers: jsonHeaders },
+      outcome: status === 200 ? "success" : "upstream_refused",
+      upstreamStatus: status,
+      keep: true,
+    };
+  }
+  return fail("upstream_error", `Haltman answered an unexpected ${status}`, "upstream_error", status, { upstream_status: status });
+}
+
+function retryAfterSeconds(header: string | string[] | undefined): number {
+  const v = Array.isArray(header) ? header[0] : header;
+  const n = v !== undefined && /^\d{1,6}$/.test(v.trim()) ? Number(v.trim()) : NaN;
+  if (Number.isFinite(n)) return Math.max(1, n);
+  const date = v ? Date.parse(v) : NaN;
+  if (Number.isFinite(date)) return Math.max(1, Math.ceil((date - Date.now()) / 1000));
+  return 60; // upstream counts in one-minute windows
+}

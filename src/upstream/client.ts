@@ -1,0 +1,141 @@
+// The Haltman client: one keep-alive connection pool to the upstream origin, with connect, header
+// and total deadlines, a cap on the answer's size, and redirects never followed (a followed
+// redirect would carry X-API-Key to another host). These POSTs are not idempotent upstream, so
+// the only retry is of a connection refused before anything was sent.
+import { Pool } from "undici";
+
+export type UpstreamOperation = "handle_create" | "domain_enable";
+
+export const UPSTREAM_PATHS: Record<UpstreamOperation, string> = {
+  handle_create: "/api/handle/create",
+  domain_enable: "/api/handle/domain/enable",
+};
+
+/** What came back, classified; the mapping to our answers lives in services/proxy.ts. */
+export type UpstreamResult =
+  | { kind: "answer"; status: number; headers: Record<string, string | string[] | undefined>; body: Buffer; json: unknown; isJson: boolean; ms: number }
+  | { kind: "timeout"; ms: number }
+  | { kind: "unavailable"; reason: "refused" | "reset" | "redirect" | "too_large" | "not_json" | "error"; status?: number; ms: number };
+
+export type UpstreamClient = {
+  call(op: UpstreamOperation, input: { apiKey: string; requestId: string; body: Record<string, string> }): Promise<UpstreamResult>;
+  close(): Promise<void>;
+};
+
+export const MAX_UPSTREAM_BODY = 1024 * 1024;
+
+export function createUpstreamClient(opts: {
+  baseUrl: URL;
+  timeoutMs: number;
+  connectTimeoutMs?: number;
+  headersTimeoutMs?: number;
+  connections?: number;
+  bot?: { token: string; source: string } | undefined;
+  userAgent?: string;
+  /** retries of a refused connection, with 50 ms, 150 ms… between them */
+  refusedRetries?: number;
+}): UpstreamClient {
+  const origin = opts.baseUrl.origin;
+  const basePath = opts.baseUrl.pathname.replace(/\/$/, "");
+  const connectTimeout = Math.min(opts.connectTimeoutMs ?? 3_000, opts.timeoutMs);
+  const headersTimeout = Math.min(opts.headersTimeoutMs ?? 10_000, opts.timeoutMs);
+  const pool = new Pool(origin, {
+    connections: opts.connections ?? 64,
+    pipelining: 1,
+    keepAliveTimeout: 30_000,
+    connect: { timeout: connectTimeout },
+    headersTimeout,
+    bodyTimeout: opts.timeoutMs,
+  });
+  const refusedRetries = opts.refusedRetries ?? 2;
+
+  async function once(op: UpstreamOperation, input: Parameters<UpstreamClient["call"]>[1], signal: AbortSignal, started: number): Promise<UpstreamResult> {
+    const headers: Record<string, string> = {
+      "content-type": "application/json",
+      accept: "application/json",
+      "x-api-key": input.apiKey,
+      "x-request-id": input.requestId,
+      "user-agent": opts.userAgent ?? "haltman-bff",
+    };
+    if (opts.bot) {
+      headers["x-bot-auth-token"] = opts.bot.token;
+      headers["x-bot-source"] = opts.bot.source;
+    }
+    const res = await pool.request({ path: basePath + UPSTREAM_PATHS[op], method: "POST", headers, body: JSON.stringify(input.body), signal });
+    const ms = () => performance.now() - started;
+    if (res.statusCode >= 300 && res.statusCode < 400) {
+      res.body.destroy();
+      return { kind: "unavailable", reason: "redirect", status: res.statusCode, ms: ms() };
+    }
+    const declared = Number(res.headers["content-length"]);
+    if (Number.isFinite(declared) && declared > MAX_UPSTREAM_BODY) {
+      res.body.destroy();
+      return { kind: "unavailable", reason: "too_large", status: res.statusCode, ms: ms() };
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of res.body) {
+      size += (chunk as Buffer).length;
+      if (size > MAX_UPSTREAM_BODY) {
+        res.body.destroy();
+        return { kind: "unavailable", reason: "too_large", status: res.statusCode, ms: ms() };
+      }
+      chunks.push(chunk as Buffer);
+    }
+    const body = Buffer.concat(chunks);
+    const type = String(res.headers["content-type"] ?? "");
+    let json: unknown;
+    let isJson = false;
+    if (/\bjson\b/i.test(type) || body[0] === 0x7b /* { */) {
+      try {
+        json = JSON.parse(body.toString("utf8"));
+        isJson = json !== null && typeof json === "object";
+      } catch {
+        isJson = false;
+      }
+    }
+    return { kind: "answer", status: res.statusCode, headers: res.headers, body, json, isJson, ms: ms() };
+  }
+
+  return {
+    async call(op, input) {
+      const started = performance.now();
+      const signal = AbortSignal.timeout(opts.timeoutMs);
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await once(op, input, signal, started);
+        } catch (err) {
+          const code = errorCode(err);
+          const ms = performance.now() - started;
+          if (signal.aborted || code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT" || code === "UND_ERR_CONNECT_TIMEOUT") {
+            return { kind: "timeout", ms };
+          }
+          if (code === "ECONNREFUSED") {
+            // Nothing reached upstream: safe to try again, within the deadline.
+            if (attempt < refusedRetries) {
+              const wait = 50 * 3 ** attempt;
+              if (ms + wait < opts.timeoutMs) {
+                await new Promise((r) => setTimeout(r, wait));
+                continue;
+              }
+            }
+            return { kind: "unavailable", reason: "refused", ms };
+          }
+          if (code === "ECONNRESET" || code === "UND_ERR_SOCKET" || code === "EPIPE" || code === "UND_ERR_CLOSED") {
+            return { kind: "unavailable", reason: "reset", ms };
+          }
+          return { kind: "unavailable", reason: "error", ms };
+        }
+      }
+    },
+    close: () => pool.close(),
+  };
+}
+
+function errorCode(err: unknown): string | undefined {
+  for (let e = err, i = 0; e && i < 4; e = (e as { cause?: unknown }).cause, i++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string") return code;
+  }
+  return undefined;
+}
