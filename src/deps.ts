@@ -8,6 +8,7 @@ import { createMetrics, type Metrics } from "./metrics.js";
 import { createPasswordHasher, type PasswordHasher } from "./services/passwords.js";
 import { createSessionGate, type SessionGate } from "./services/sessions.js";
 import { createTokenService, type TokenService } from "./services/tokens.js";
+import { createLimiter, type Limiter } from "./services/rate-limit.js";
 import { loadVault, type Vault } from "./services/vault.js";
 import { createUpstreamClient, type UpstreamClient } from "./upstream/client.js";
 
@@ -31,6 +32,7 @@ export type Deps = {
   sessions: SessionGate;
   vault: Vault;
   upstream: UpstreamClient;
+  limiter: Limiter;
   loginLimits: LoginLimits;
 };
 
@@ -67,6 +69,7 @@ export async function createDeps(input: {
     tokens,
     sessions: createSessionGate(database.db, input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
     vault,
+    limiter: createLimiter(database.db),
     upstream:
       input.upstream ??
       createUpstreamClient({ baseUrl: config.haltmanBaseUrl, timeoutMs: config.upstreamTimeoutMs, bot: config.haltmanBot }),

@@ -6,10 +6,9 @@ import type { Executor } from "../db/client.js";
 import { users, type UserRateLimits, type UserRole } from "../db/schema.js";
 import { AppError, conflict, invalidParams, notFound, rateLimited, unauthorized } from "../errors.js";
 import { record, type Actor, type RequestMeta } from "./audit.js";
-import { decide } from "./rate-limit.js";
 import { createSession, revokeSessions, rotateRefreshToken } from "./sessions.js";
 
-type AccountDeps = Pick<Deps, "db" | "passwords" | "tokens" | "sessions" | "config" | "loginLimits" | "metrics">;
+type AccountDeps = Pick<Deps, "db" | "passwords" | "tokens" | "sessions" | "config" | "loginLimits" | "metrics" | "limiter">;
 
 export type UserView = { id: string; username: string; role: UserRole };
 export type UserAdminView = UserView & { disabled: boolean; rate_limits: UserRateLimits; created_at: string };
@@ -49,7 +48,7 @@ export async function login(
   // Throttle before any hashing. The account bucket is keyed by a hash of the name typed: an
   // unknown name may be a password typed into the wrong field, and must not be stored.
   const nameKey = createHash("sha256").update(username).digest("base64url");
-  const decision = await decide(deps.db, [
+  const decision = await deps.limiter.decide([
     { name: "login_account", key: `login:account:${nameKey}`, policy: deps.loginLimits.perAccount },
     ...(meta.ip ? [{ name: "login_address", key: `login:ip:${meta.ip}`, policy: deps.loginLimits.perAddress }] : []),
   ]);

@@ -5,15 +5,15 @@
 import { AppError, rateLimited, type ErrorCode } from "../errors.js";
 import type { Deps } from "../deps.js";
 import { describeError } from "../log.js";
-import type { UpstreamClient, UpstreamOperation, UpstreamResult } from "../upstream/client.js";
+import type { UpstreamOperation, UpstreamResult } from "../upstream/client.js";
 import { normaliseDomain, normaliseHandle } from "../upstream/validation.js";
 import { record, recordOutcome, type AuditAction, type AuditOutcome, type RequestMeta } from "./audit.js";
 import { claim, complete, release, requestHash, MAX_IDEMPOTENCY_KEY } from "./idempotency.js";
 import { callBuckets, pauseScopes, rateLimitHeaders } from "./limits.js";
-import { decide, pauseUpstream, peekStates } from "./rate-limit.js";
+import { pauseUpstream, peekStates } from "./rate-limit.js";
 import { chooseKey, markKeyUsed, userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
 
-export type ProxyDeps = Pick<Deps, "db" | "vault" | "config" | "metrics" | "log"> & { upstream: UpstreamClient };
+export type ProxyDeps = Pick<Deps, "db" | "vault" | "config" | "metrics" | "log" | "limiter" | "upstream">;
 
 export type ProxyRequest = {
   user: Caller;
@@ -124,7 +124,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
   try {
     // 4. Rate limits and upstream's pauses, decided together inside the database.
     const buckets = callBuckets(deps.config, op, user.id, key.userLimits, key.id);
-    const decision = await decide(deps.db, buckets, { pauses: pauseScopes(op, key.id) });
+    const decision = await deps.limiter.decide(buckets, { pauses: pauseScopes(op, key.id) });
     const limitHeaders = rateLimitHeaders(decision.states);
     if (!decision.allowed) {
       const reason = decision.refusedBy ?? "global";

@@ -30,50 +30,106 @@ export type Decision = {
   states: BucketState[];
 };
 
-type Row = { key: string; wait_ms: number; n: number; pause_ms: number | null };
+type Row = { o_req: number; o_key: string; o_wait_ms: number; o_allowed: boolean; o_pause_ms: number | null };
+
+export type DecideOptions = { cost?: number; pauses?: string[] };
+
+export type Limiter = {
+  /** Decides one call; calls made in the same tick are decided together in one statement. */
+  decide(buckets: Bucket[], opts?: DecideOptions): Promise<Decision>;
+};
+
+type Pending = { buckets: Bucket[]; opts: DecideOptions; resolve: (d: Decision) => void; reject: (e: unknown) => void };
 
 /**
- * Decides a call against every bucket at once. `pauses` are scopes of upstream_pauses that also
- * hold the call back (a pause refuses without spending quota, like any refusal).
+ * Groups the decisions asked for in one event-loop tick into one call of rate_limit_decide(): one
+ * round trip for all of them, the same exact answers as one at a time in arrival order (the
+ * function admits greedily in that order, under row locks taken in key order).
  */
-export async function decide(ex: Executor, buckets: Bucket[], opts: { cost?: number; pauses?: string[] } = {}): Promise<Decision> {
-  const cost = opts.cost ?? 1;
-  const pauses = opts.pauses ?? [];
-  if (buckets.length === 0) return { allowed: true, retryAfterS: 0, states: [] };
-  const sorted = [...buckets].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-  let rows = await decideOnce(ex, sorted, cost, pauses);
-  if (rows.length < sorted.length) {
-    // First use of a bucket: create it (sorted, so concurrent creators lock in one order), then decide.
-    await ex.execute(sql`insert into rate_limit_buckets (key, tat)
-      values ${sql.join(sorted.map((b) => sql`(${b.key}, now())`), sql`, `)}
-      on conflict (key) do nothing`);
-    rows = await decideOnce(ex, sorted, cost, pauses);
+export function createLimiter(ex: Executor, opts: { maxBatch?: number } = {}): Limiter {
+  const maxBatch = opts.maxBatch ?? 256;
+  let queue: Pending[] = [];
+  let scheduled = false;
+
+  const flush = () => {
+    scheduled = false;
+    while (queue.length > 0) {
+      const group = queue.splice(0, maxBatch);
+      run(group).catch((err) => {
+        for (const p of group) p.reject(err);
+      });
+    }
+  };
+
+  async function run(group: Pending[]) {
+    const req: number[] = [], key: string[] = [], t: number[] = [], period: number[] = [], cost: number[] = [];
+    const pauseReq: number[] = [], pauseScope: string[] = [];
+    group.forEach((p, i) => {
+      for (const b of p.buckets) {
+        req.push(i);
+        key.push(b.key);
+        t.push(b.policy.periodMs / b.policy.limit);
+        period.push(b.policy.periodMs);
+        cost.push(p.opts.cost ?? 1);
+      }
+      for (const s of p.opts.pauses ?? []) {
+        pauseReq.push(i);
+        pauseScope.push(s);
+      }
+    });
+    const rows = await rowsOf<Row>(
+      ex,
+      sql`select * from rate_limit_decide(${pgArray(req)}::int[], ${pgArray(key)}::text[], ${pgArray(t)}::float8[],
+        ${pgArray(period)}::float8[], ${pgArray(cost)}::float8[], ${pgArray(pauseReq)}::int[], ${pgArray(pauseScope)}::text[])`,
+    );
+    const byReq = new Map<number, Row[]>();
+    for (const r of rows) {
+      const list = byReq.get(Number(r.o_req)) ?? [];
+      list.push(r);
+      byReq.set(Number(r.o_req), list);
+    }
+    group.forEach((p, i) => p.resolve(toDecision(p, byReq.get(i) ?? [])));
   }
-  const pauseMs = Number(rows[0]?.pause_ms ?? 0);
-  const byKey = new Map(rows.map((r) => [r.key, Number(r.wait_ms)]));
-  let allowed = true;
+
+  return {
+    decide(buckets, o = {}) {
+      if (buckets.length === 0) return Promise.resolve({ allowed: true, retryAfterS: 0, states: [] });
+      return new Promise<Decision>((resolve, reject) => {
+        queue.push({ buckets, opts: o, resolve, reject });
+        if (queue.length >= maxBatch) flush();
+        else if (!scheduled) {
+          scheduled = true;
+          setImmediate(flush);
+        }
+      });
+    },
+  };
+}
+
+function toDecision(p: Pending, rows: Row[]): Decision {
+  const cost = p.opts.cost ?? 1;
+  const waitByKey = new Map(rows.map((r) => [r.o_key, Number(r.o_wait_ms)]));
+  const allowed = rows.length > 0 && rows[0]!.o_allowed === true;
+  const pauseMs = rows[0]?.o_pause_ms == null ? 0 : Number(rows[0].o_pause_ms);
   let retryMs = 0;
   let refusedBy: string | undefined;
-  for (const b of sorted) {
-    const wait = byKey.get(b.key) ?? 0;
-    const t = b.policy.periodMs / b.policy.limit;
-    const over = wait + cost * t - b.policy.periodMs;
-    if (over > 0) {
-      allowed = false;
+  if (!allowed) {
+    for (const b of p.buckets) {
+      const wait = waitByKey.get(b.key) ?? 0;
+      const over = wait + cost * (b.policy.periodMs / b.policy.limit) - b.policy.periodMs;
       if (over > retryMs) {
         retryMs = over;
         refusedBy = b.name;
       }
     }
+    if (pauseMs > 0 && pauseMs >= retryMs) {
+      retryMs = pauseMs;
+      refusedBy = "upstream";
+    }
   }
-  if (pauseMs > 0 && allowed) {
-    allowed = false;
-    retryMs = pauseMs;
-    refusedBy = "upstream";
-  }
-  const states = buckets.map((b): BucketState => {
+  const states = p.buckets.map((b): BucketState => {
     const t = b.policy.periodMs / b.policy.limit;
-    const before = Math.max(0, byKey.get(b.key) ?? 0);
+    const before = Math.max(0, waitByKey.get(b.key) ?? 0);
     const after = allowed ? before + cost * t : before;
     return {
       name: b.name,
@@ -85,49 +141,21 @@ export async function decide(ex: Executor, buckets: Bucket[], opts: { cost?: num
   });
   return {
     allowed,
-    retryAfterS: allowed ? 0 : Math.ceil(retryMs / 1000),
+    retryAfterS: allowed ? 0 : Math.max(1, Math.ceil(retryMs / 1000)),
     ...(refusedBy ? { refusedBy } : {}),
     ...(refusedBy === "upstream" ? { paused: true } : {}),
     states,
   };
 }
 
-async function decideOnce(ex: Executor, sorted: Bucket[], cost: number, pauses: string[]): Promise<Row[]> {
-  const pauseScopes = pauses.length > 0 ? sql.join(pauses.map((p) => sql`${p}`), sql`, `) : sql`null`;
-  const values = sql.join(
-    sorted.map((b) => sql`(${b.key}::text, ${b.policy.periodMs / b.policy.limit}::float8, ${b.policy.periodMs}::float8)`),
-    sql`, `,
-  );
-  // `wait_ms` is how far the bucket's TAT is ahead of now, before this call. The update runs only
-  // when every bucket was found and every one admits the call.
-  return rowsOf<Row>(
-    ex,
-    sql`with req(key, t_ms, period_ms) as (values ${values}),
-    clock as (select extract(epoch from now()) * 1000 as now_ms),
-    cur as (
-      select b.key, greatest(extract(epoch from b.tat) * 1000, clock.now_ms) as base_ms, clock.now_ms, req.t_ms, req.period_ms
-      from rate_limit_buckets b join req on req.key = b.key cross join clock
-      order by b.key
-      for update of b
-    ),
-    paused as (
-      select max(extract(epoch from p.until) * 1000) as until_ms from upstream_pauses p where p.scope in (${pauseScopes}) and p.until > now()
-    ),
-    verdict as (
-      select count(*)::int as n,
-        coalesce(bool_and(base_ms + ${cost} * t_ms - now_ms <= period_ms), true) and (select until_ms from paused) is null as ok
-      from cur
-    ),
-    upd as (
-      update rate_limit_buckets b set tat = to_timestamp((cur.base_ms + ${cost} * cur.t_ms) / 1000.0)
-      from cur, verdict
-      where verdict.ok and verdict.n = ${sorted.length} and b.key = cur.key
-      returning b.key
-    )
-    select cur.key, (cur.base_ms - cur.now_ms)::float8 as wait_ms, verdict.n,
-      ((select until_ms from paused) - cur.now_ms)::float8 as pause_ms
-    from cur cross join verdict`,
-  );
+/** One decision on its own (tests, tools); the service uses one shared Limiter. */
+export function decide(ex: Executor, buckets: Bucket[], opts: DecideOptions = {}): Promise<Decision> {
+  return createLimiter(ex).decide(buckets, opts);
+}
+
+/** A PostgreSQL array literal, so that arrays pass as one parameter on either driver. */
+export function pgArray(values: (string | number)[]): string {
+  return `{${values.map((v) => (typeof v === "number" ? String(v) : `"${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`)).join(",")}}`;
 }
 
 /** Drops buckets that have been full for an hour (a row of a bucket that is full is the same as no row). */
