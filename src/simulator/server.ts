@@ -168,10 +168,21 @@ export async function startSimulator(opts: SimulatorOptions = {}, listen: { host
     const requestId = typeof incomingId === "string" && incomingId ? incomingId : randomUUID();
     if (!opts.fast) received.push({ path: req.url ?? "", headers: { ...req.headers }, body: raw, at: now() });
 
+    const path = (req.url ?? "").split("?")[0]!;
+    // The sandbox's own control: queue a fault for the next call (loopback only, never upstream's).
+    if (req.method === "POST" && path === "/__sim/fault") {
+      try {
+        const fault = JSON.parse(raw) as Fault;
+        if (!["delay", "hang", "reset", "status", "non_json", "redirect", "oversized"].includes(fault.kind)) throw new Error("kind");
+        sim.faults.push(fault);
+        return send(res, 200, { ok: true, queued: sim.faults.length });
+      } catch {
+        return send(res, 400, { error: "invalid_fault" });
+      }
+    }
     const fault = sim.faults.shift() ?? sim.always;
     if (fault && (await applyFault(fault, req, res, requestId))) return;
 
-    const path = (req.url ?? "").split("?")[0]!;
     const ops = ["/api/handle/create", "/api/handle/domain/enable", "/api/handle/domain/disable", "/api/handle/delete"];
     if (req.method !== "POST" || !ops.includes(path)) {
       return send(res, 404, { message: `Cannot ${req.method} ${path}`, error: "Not Found", statusCode: 404 });
