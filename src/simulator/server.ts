@@ -33,7 +33,7 @@ export type SimulatorOptions = {
   bannedNames?: string[];
   bannedIps?: string[];
   botTokens?: Record<string, string>;
-  /** skip limits and bookkeeping, for benchmarks */
+  /** skip limits and bookkeeping (every valid create answers 200), for benchmarks */
   fast?: boolean;
   now?: () => number;
 };
@@ -230,6 +230,7 @@ export async function startSimulator(opts: SimulatorOptions = {}, listen: { host
       if (bannedNames.has(handleName) || bannedNames.has(owner) || bannedNames.has(ownerDomain)) {
         return send(res, 403, { error: "banned", ban: { ban_type: "name", ban_value: handleName, reason: "test", banned_at: new Date(0).toISOString() } }, requestId);
       }
+      if (opts.fast) return send(res, 200, { ok: true, created: true, handle: handleName, goto: owner }, requestId);
       if (handles.has(handleName)) return send(res, 409, { ok: false, error: "alias_taken" }, requestId);
       handles.set(handleName, { owner: apiKey, active: true, disabledDomains: new Set() });
       return send(res, 200, { ok: true, created: true, handle: handleName, goto: owner }, requestId);
