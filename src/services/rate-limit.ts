@@ -127,17 +127,9 @@ function toDecision(p: Pending, rows: Row[]): Decision {
       refusedBy = "upstream";
     }
   }
-  const states = p.buckets.map((b): BucketState => {
-    const t = b.policy.periodMs / b.policy.limit;
+  const states = p.buckets.map((b) => {
     const before = Math.max(0, waitByKey.get(b.key) ?? 0);
-    const after = allowed ? before + cost * t : before;
-    return {
-      name: b.name,
-      key: b.key,
-      policy: b.policy,
-      remaining: Math.max(0, Math.floor((b.policy.periodMs - after) / t + 1e-9)),
-      resetS: Math.ceil(after / 1000),
-    };
+    return stateOf(b, allowed ? before + (cost * b.policy.periodMs) / b.policy.limit : before);
   });
   return {
     allowed,
@@ -173,17 +165,19 @@ export async function peekStates(ex: Executor, buckets: Bucket[]): Promise<Bucke
         where key in (${sql.join(buckets.map((b) => sql`${b.key}`), sql`, `)})`,
   );
   const byKey = new Map(rows.map((r) => [r.key, Number(r.wait_ms)]));
-  return buckets.map((b) => {
-    const t = b.policy.periodMs / b.policy.limit;
-    const wait = byKey.get(b.key) ?? 0;
-    return {
-      name: b.name,
-      key: b.key,
-      policy: b.policy,
-      remaining: Math.max(0, Math.floor((b.policy.periodMs - wait) / t + 1e-9)),
-      resetS: Math.ceil(wait / 1000),
-    };
-  });
+  return buckets.map((b) => stateOf(b, byKey.get(b.key) ?? 0));
+}
+
+/** A bucket whose TAT is `waitMs` ahead of now: how many calls fit, and when it is full again. */
+function stateOf(b: Bucket, waitMs: number): BucketState {
+  const t = b.policy.periodMs / b.policy.limit;
+  return {
+    name: b.name,
+    key: b.key,
+    policy: b.policy,
+    remaining: Math.max(0, Math.floor((b.policy.periodMs - waitMs) / t + 1e-9)),
+    resetS: Math.ceil(waitMs / 1000),
+  };
 }
 
 /** Records a pause upstream asked for; a longer pause already recorded is kept. */
