@@ -3,7 +3,7 @@
 // shell history).
 import { eq } from "drizzle-orm";
 import { createInterface } from "node:readline";
-import { ConfigError, USERNAME_RE, loadConfig } from "./config.js";
+import { ConfigError, loadConfig, normaliseUsername } from "./config.js";
 import { KeyringError } from "./crypto/keyring.js";
 import { users } from "./db/schema.js";
 import { createLogger } from "./log.js";
@@ -75,8 +75,8 @@ async function main(argv: string[]) {
   try {
     const db = database.db;
     if (cmd === "user" && sub === "add") {
-      const username = (rest[0] ?? "").toLowerCase();
-      if (!USERNAME_RE.test(username)) fail("user add: the username must be 3 to 64 of a-z 0-9 . _ -");
+      const username = normaliseUsername(rest[0] ?? "");
+      if (username === undefined) fail("user add: the username must be 3 to 64 of a-z 0-9 . _ -");
       const roleAt = rest.indexOf("--role");
       const role = roleAt >= 0 ? rest[roleAt + 1] : "member";
       if (role !== "admin" && role !== "member") fail("user add: --role is admin or member");

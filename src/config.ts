@@ -141,7 +141,7 @@ export function loadConfig(env: Env = process.env): Config {
   if ((adminUser === undefined) !== (adminPass === undefined)) {
     bad(adminUser === undefined ? "BOOTSTRAP_ADMIN_USERNAME" : "BOOTSTRAP_ADMIN_PASSWORD", "set both BOOTSTRAP_ADMIN_USERNAME and BOOTSTRAP_ADMIN_PASSWORD, or neither");
   } else if (adminUser !== undefined && adminPass !== undefined) {
-    if (!USERNAME_RE.test(adminUser.toLowerCase())) bad("BOOTSTRAP_ADMIN_USERNAME", "expected 3 to 64 of a-z 0-9 . _ -");
+    if (normaliseUsername(adminUser) === undefined) bad("BOOTSTRAP_ADMIN_USERNAME", "expected 3 to 64 of a-z 0-9 . _ -");
     if ([...adminPass].length < 8 || [...adminPass].length > 1024) bad("BOOTSTRAP_ADMIN_PASSWORD", "expected 8 to 1024 characters");
     bootstrapAdmin = { username: adminUser.toLowerCase(), password: adminPass };
   }
@@ -206,3 +206,11 @@ export function loadConfig(env: Env = process.env): Config {
 }
 
 export const USERNAME_RE = /^[a-z0-9._-]{3,64}$/;
+
+/**
+ * A username as stored: lower-cased, 3 to 64 of a-z 0-9 . _ -. The characters are checked
+ * before lower-casing: "\u212Aelvin" (Kelvin sign) lower-cases to "kelvin" and must be refused.
+ */
+export function normaliseUsername(raw: string): string | undefined {
+  return /^[A-Za-z0-9._-]{3,64}$/.test(raw) ? raw.toLowerCase() : undefined;
+}

@@ -1,6 +1,6 @@
 // Request and response shapes shared by the routers. `z` is zod with `.openapi()` metadata.
 import { z } from "@hono/zod-openapi";
-import { USERNAME_RE } from "../config.js";
+import { normaliseUsername } from "../config.js";
 import { PASSWORD_MAX, PASSWORD_MIN, passwordLength } from "../services/passwords.js";
 
 export const ErrorBody = z
@@ -25,9 +25,25 @@ export const Password = z
 /** A new username: 3 to 64 of a-z 0-9 . _ -, compared and stored lower-cased. */
 export const Username = z
   .string({ error: "expected a string" })
-  .transform((u) => u.toLowerCase())
-  .refine((u) => USERNAME_RE.test(u), { error: "expected 3 to 64 of a-z 0-9 . _ -" })
+  .refine((u) => normaliseUsername(u) !== undefined, { error: "expected 3 to 64 of a-z 0-9 . _ -" })
+  .transform((u) => normaliseUsername(u)!)
   .openapi({ example: "alice", type: "string" });
+
+/** An ISO 8601 date or date-time that names a real day ("2021-02-30" is refused, not moved to March). */
+export const Instant = z
+  .string({ error: "expected an ISO 8601 date or time" })
+  .refine(isRealInstant, { error: "expected an ISO 8601 date or time, e.g. 2026-11-23T10:00:00Z" })
+  .transform((s) => new Date(s));
+
+export function isRealInstant(s: string): boolean {
+  const m = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/.exec(s);
+  if (!m) return false;
+  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const day = new Date(Date.UTC(y, mo - 1, d));
+  if (day.getUTCFullYear() !== y || day.getUTCMonth() !== mo - 1 || day.getUTCDate() !== d) return false;
+  if (m[4] !== undefined && (Number(m[4]) > 23 || Number(m[5]) > 59 || Number(m[6] ?? 0) > 59)) return false;
+  return !Number.isNaN(Date.parse(s));
+}
 
 export const Role = z.enum(["admin", "member"], { error: 'expected "admin" or "member"' });
 

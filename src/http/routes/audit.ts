@@ -14,14 +14,7 @@ import {
 } from "../../services/audit.js";
 import type { AppEnv } from "../env.js";
 import { defineRoute } from "../route.js";
-import { Uuid } from "../schemas.js";
-
-const Instant = z
-  .string()
-  .refine((s) => /^\d{4}-\d{2}-\d{2}([T ][\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(s) && !Number.isNaN(Date.parse(s)), {
-    error: "expected an ISO 8601 date or time, e.g. 2026-11-23T10:00:00Z",
-  })
-  .transform((s) => new Date(s));
+import { Instant, Uuid } from "../schemas.js";
 
 const filterShape = {
   actor: Uuid.optional().openapi({ description: "user id of the actor" }),

@@ -5,6 +5,7 @@ import { createGrant, createKey, deleteKey, listGrants, listKeys, revokeGrant } 
 import type { AppEnv } from "../env.js";
 import { requestMeta } from "../middleware/request-context.js";
 import { defineRoute } from "../route.js";
+import { Instant } from "../schemas.js";
 
 const KeyView = z
   .object({
@@ -110,11 +111,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
       access: "user",
       body: z.object({
         username: z.string({ error: "expected a string" }).min(1, { error: "required" }).max(64, { error: "no user of that name" }),
-        expires_at: z
-          .string({ error: "expected an ISO 8601 time" })
-          .refine((s) => /^\d{4}-\d{2}-\d{2}T/.test(s) && !Number.isNaN(Date.parse(s)), { error: "expected an ISO 8601 time, e.g. 2026-12-31T00:00:00Z" })
-          .transform((s) => new Date(s))
-          .nullable()
+        expires_at: Instant.nullable()
           .optional()
           .openapi({ type: "string", format: "date-time" }),
       }),

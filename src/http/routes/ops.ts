@@ -2,6 +2,7 @@ import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { OpenApiGeneratorV31, type OpenAPIRegistry } from "@asteasolutions/zod-to-openapi";
+import { z } from "@hono/zod-openapi";
 import { Hono } from "hono";
 import { isMigrated } from "../../db/migrate.js";
 import { describeError } from "../../log.js";
@@ -28,6 +29,26 @@ const DOCS_INIT = `window.ui = SwaggerUIBundle({ url: "/openapi.json", dom_id: "
 
 export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) {
   const app = new Hono<AppEnv>();
+  const doc = (path: string, summary: string, responses: Record<number, { description: string; schema?: z.ZodType; type?: string }>) =>
+    registry.registerPath({
+      method: "get",
+      path,
+      summary,
+      tags: ["Operations"],
+      responses: Object.fromEntries(
+        Object.entries(responses).map(([status, r]) => [
+          status,
+          r.schema ? { description: r.description, content: { [r.type ?? "application/json"]: { schema: r.schema } } } : { description: r.description },
+        ]),
+      ),
+    });
+  const Status = z.object({ status: z.string(), reason: z.string().optional() });
+  doc("/healthz", "The process lives", { 200: { description: "alive", schema: Status } });
+  doc("/readyz", "The database answers and is migrated", { 200: { description: "ready", schema: Status }, 503: { description: "not ready", schema: Status } });
+  doc("/metrics", "Prometheus metrics", { 200: { description: "Prometheus text format", schema: z.string(), type: "text/plain" } });
+  doc("/.well-known/jwks.json", "Public keys that verify access tokens (ES256, with kid)", {
+    200: { description: "a JWK set", schema: z.object({ keys: z.array(z.record(z.string(), z.unknown())) }) },
+  });
 
   app.get("/healthz", (c) => c.json({ status: "ok" }));
 

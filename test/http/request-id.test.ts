@@ -1,0 +1,103 @@
+// X-Request-Id on every answer (kept when well-formed, else replaced), the unknown-route 404, and
+// the request id carried into the audit record.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { expectErrorBody, startService, type Service } from "../helpers/harness.js";
+import { raw } from "./raw.js";
+
+const ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+
+let svc: Service;
+beforeAll(async () => {
+  svc = await startService();
+});
+afterAll(() => svc.close());
+
+describe("X-Request-Id", () => {
+  it("is on a success, a 4xx, an unknown route, a 413 and a preflight-less OPTIONS", async () => {
+    const answers = [
+      await svc.call("GET", "/healthz"),
+      await svc.call("GET", "/v1/auth/me", { token: svc.admin.token }),
+      await svc.call("GET", "/v1/auth/me"),
+      await svc.call("POST", "/v1/auth/login", { body: "{nope", headers: { "content-type": "application/json" } }),
+      await svc.call("GET", "/no/such/route"),
+      await svc.call("DELETE", "/v1/admin/users"),
+      await svc.call("POST", "/v1/auth/login", { body: "x".repeat(40_000), headers: { "content-type": "application/json" } }),
+      await svc.call("OPTIONS", "/v1/auth/login"),
+    ];
+    expect(answers.map((a) => a.status)).toEqual([200, 200, 401, 400, 404, 404, 413, 404]);
+    const seen = new Set<string>();
+    for (const a of answers) {
+      const id = a.headers.get("x-request-id");
+      expect(id, `status ${a.status}`).toMatch(ID_RE);
+      seen.add(id!);
+      if (a.status >= 400) expect(a.json?.request_id).toBe(id);
+    }
+    expect(seen.size).toBe(answers.length); // a fresh one each time
+  });
+
+  it.each([
+    ["a simple one", "abc-123"],
+    ["every allowed character", "AZaz09._:-"],
+    ["a UUID", "6f1c9a9e-3f53-4c1e-9b49-2d3c1c7f0a11"],
+    ["1 character", "x"],
+    ["128 characters", "r".repeat(128)],
+  ])("keeps an incoming id: %s", async (_, id) => {
+    const ok = await svc.call("GET", "/healthz", { headers: { "x-request-id": id } });
+    expect(ok.headers.get("x-request-id")).toBe(id);
+    const err = await svc.call("GET", "/v1/auth/me", { headers: { "x-request-id": id } });
+    expect(err.headers.get("x-request-id")).toBe(id);
+    expect(err.json.request_id).toBe(id);
+  });
+
+  it.each([
+    ["129 characters", "r".repeat(129)],
+    ["a space", "abc def"],
+    ["a slash", "abc/def"],
+    ["a semicolon", "abc;def"],
+    ["a quote", 'abc"def'],
+    ["non-ASCII", "abcé"],
+  ])("replaces an incoming id with %s by a fresh one", async (_, id) => {
+    const r = await raw(svc.url, { path: "/v1/auth/me", headers: { "x-request-id": Buffer.from(id, "utf8").toString("latin1") } });
+    expect(r.status).toBe(401);
+    const got = r.headers["x-request-id"] as string;
+    expect(got).toMatch(ID_RE);
+    expect(got).not.toBe(id);
+    expect((r.json as { request_id: string }).request_id).toBe(got);
+  });
+
+  it("an empty incoming id is replaced", async () => {
+    const r = await raw(svc.url, { path: "/healthz", headers: { "x-request-id": "" } });
+    expect(r.headers["x-request-id"]).toMatch(ID_RE);
+  });
+
+  it("is stored in the audit record of the request", async () => {
+    const id = "trace:login.0001";
+    const r = await svc.call("POST", "/v1/auth/login", { json: { username: "root", password: "root-password-1" }, headers: { "x-request-id": id } });
+    expect(r.status).toBe(200);
+    const events = await svc.call("GET", "/v1/audit?action=auth.login&limit=500", { token: svc.admin.token });
+    expect(events.json.events.filter((e: { request_id: string }) => e.request_id === id)).toHaveLength(1);
+    // and a replaced one is stored as the replacement
+    const bad = await svc.call("POST", "/v1/auth/login", {
+      json: { username: "root", password: "root-password-1" },
+      headers: { "x-request-id": "bad id" },
+    });
+    const fresh = bad.headers.get("x-request-id")!;
+    const again = await svc.call("GET", "/v1/audit?action=auth.login&limit=500", { token: svc.admin.token });
+    const ids = again.json.events.map((e: { request_id: string }) => e.request_id);
+    expect(ids).toContain(fresh);
+    expect(ids).not.toContain("bad id");
+  });
+});
+
+describe("unknown routes", () => {
+  it.each([
+    ["GET", "/nope"],
+    ["POST", "/v1/nothing"],
+    ["GET", "/v1/admin/users/extra/segments"],
+    ["PUT", "/v1/admin/users"],
+  ])("%s %s is 404 JSON not_found", async (method, path) => {
+    const r = await svc.call(method, path, { token: svc.admin.token });
+    expectErrorBody(r, 404, "not_found");
+    expect(r.headers.get("content-type")).toMatch(/^application\/json/);
+  });
+});

@@ -1,0 +1,234 @@
+// config.ts: the contract's defaults, empty-as-unset, one problem line per bad variable (never
+// echoing the value), and the rate-policy and duration parsers.
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig, parseDuration, parseRatePolicy, type Config } from "../../src/config.js";
+
+function problemsOf(env: Record<string, string>): string[] {
+  try {
+    loadConfig(env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as ConfigError).problems;
+  }
+  return [];
+}
+
+const ALL_VARS = [
+  "DATABASE_URL", "DATA_DIR", "HOST", "PORT", "HALTMAN_BASE_URL", "UPSTREAM_TIMEOUT_MS", "VAULT_KEYRING",
+  "BOOTSTRAP_ADMIN_USERNAME", "BOOTSTRAP_ADMIN_PASSWORD", "JWT_ISSUER", "JWT_AUDIENCE", "ACCESS_TOKEN_TTL",
+  "REFRESH_TOKEN_TTL", "RATE_LIMIT_HANDLE_CREATE", "RATE_LIMIT_DOMAIN_ENABLE", "RATE_LIMIT_KEY", "RATE_LIMIT_GLOBAL",
+  "HALTMAN_BOT_TOKEN", "HALTMAN_BOT_SOURCE", "TRUST_PROXY", "CORS_ORIGINS", "LOG_LEVEL",
+];
+
+describe("loadConfig defaults", () => {
+  it("equal the contract's table", () => {
+    const c: Config = loadConfig({});
+    expect(c.databaseUrl).toBeUndefined();
+    expect(c.dataDir).toBe("./data");
+    expect(c.host).toBe("127.0.0.1");
+    expect(c.port).toBe(3000);
+    expect(c.haltmanBaseUrl.origin).toBe("https://mail.haltman.io");
+    expect(c.upstreamTimeoutMs).toBe(10_000);
+    expect(c.vaultKeyring).toBeUndefined();
+    expect(c.bootstrapAdmin).toBeUndefined();
+    expect(c.jwtIssuer).toBe("haltman-bff");
+    expect(c.jwtAudience).toBe("haltman-bff");
+    expect(c.accessTokenTtlS).toBe(15 * 60);
+    expect(c.refreshTokenTtlS).toBe(30 * 86_400);
+    expect(c.rateLimits.handleCreate).toEqual({ limit: 10, periodMs: 60_000, text: "10/min" });
+    expect(c.rateLimits.domainEnable).toEqual({ limit: 30, periodMs: 60_000, text: "30/min" });
+    expect(c.rateLimits.key).toEqual({ limit: 100, periodMs: 60_000, text: "100/min" });
+    expect(c.rateLimits.global).toEqual({ limit: 250, periodMs: 60_000, text: "250/min" });
+    expect(c.haltmanBot).toBeUndefined();
+    expect(c.trustProxy).toBe(0);
+    expect(c.corsOrigins).toEqual([]);
+    expect(c.logLevel).toBe("info");
+  });
+
+  it("an empty string counts as unset, for every variable", () => {
+    const empty = Object.fromEntries(ALL_VARS.map((v) => [v, ""]));
+    const c = loadConfig(empty);
+    expect(JSON.parse(JSON.stringify(c))).toEqual(JSON.parse(JSON.stringify(loadConfig({}))));
+    // in particular DATABASE_URL="" does not demand a keyring, and half-set pairs given as "" are unset
+    expect(loadConfig({ DATABASE_URL: "", VAULT_KEYRING: "" }).databaseUrl).toBeUndefined();
+    expect(loadConfig({ BOOTSTRAP_ADMIN_USERNAME: "", BOOTSTRAP_ADMIN_PASSWORD: "" }).bootstrapAdmin).toBeUndefined();
+  });
+
+  it("takes good values", () => {
+    const c = loadConfig({
+      DATABASE_URL: "postgres://u@db:5432/x",
+      VAULT_KEYRING: `k1:${Buffer.alloc(32).toString("base64")}`,
+      DATA_DIR: "/var/lib/x",
+      HOST: "0.0.0.0",
+      PORT: "8080",
+      HALTMAN_BASE_URL: "http://127.0.0.1:9999",
+      UPSTREAM_TIMEOUT_MS: "2500",
+      BOOTSTRAP_ADMIN_USERNAME: "Admin",
+      BOOTSTRAP_ADMIN_PASSWORD: "a-long-password",
+      JWT_ISSUER: "iss",
+      JWT_AUDIENCE: "aud",
+      ACCESS_TOKEN_TTL: "5m",
+      REFRESH_TOKEN_TTL: "7d",
+      RATE_LIMIT_HANDLE_CREATE: "5/s",
+      RATE_LIMIT_DOMAIN_ENABLE: "100/h",
+      RATE_LIMIT_KEY: "1000/d",
+      RATE_LIMIT_GLOBAL: "300/min",
+      HALTMAN_BOT_TOKEN: "tok",
+      HALTMAN_BOT_SOURCE: "src",
+      TRUST_PROXY: "2",
+      CORS_ORIGINS: "https://a.example.com, https://b.example.com:8443",
+      LOG_LEVEL: "debug",
+    });
+    expect(c).toMatchObject({
+      databaseUrl: "postgres://u@db:5432/x",
+      dataDir: "/var/lib/x",
+      host: "0.0.0.0",
+      port: 8080,
+      upstreamTimeoutMs: 2500,
+      bootstrapAdmin: { username: "admin", password: "a-long-password" },
+      jwtIssuer: "iss",
+      jwtAudience: "aud",
+      accessTokenTtlS: 300,
+      refreshTokenTtlS: 7 * 86_400,
+      haltmanBot: { token: "tok", source: "src" },
+      trustProxy: 2,
+      corsOrigins: ["https://a.example.com", "https://b.example.com:8443"],
+      logLevel: "debug",
+    });
+    expect(c.haltmanBaseUrl.origin).toBe("http://127.0.0.1:9999");
+    expect(c.rateLimits.handleCreate).toEqual({ limit: 5, periodMs: 1000, text: "5/s" });
+    expect(c.rateLimits.key.periodMs).toBe(86_400_000);
+  });
+
+  it("is frozen", () => {
+    const c = loadConfig({});
+    expect(Object.isFrozen(c)).toBe(true);
+    expect(Object.isFrozen(c.rateLimits)).toBe(true);
+  });
+});
+
+describe("bad values", () => {
+  const SECRET = "Zebra7SecretValue";
+  const bad: [string, Record<string, string>][] = [
+    ["DATABASE_URL", { DATABASE_URL: `mysql://user:${SECRET}@db/x`, VAULT_KEYRING: "k1:x" }],
+    ["HOST", { HOST: `bad host ${SECRET}!` }],
+    ["PORT", { PORT: `${SECRET}` }],
+    ["PORT", { PORT: "70000" }],
+    ["PORT", { PORT: "-1" }],
+    ["PORT", { PORT: "80.5" }],
+    ["HALTMAN_BASE_URL", { HALTMAN_BASE_URL: `ftp://mail.example.com/${SECRET}` }],
+    ["HALTMAN_BASE_URL", { HALTMAN_BASE_URL: `https://user:${SECRET}@mail.example.com` }],
+    ["HALTMAN_BASE_URL", { HALTMAN_BASE_URL: `https://mail.example.com/?token=${SECRET}` }],
+    ["HALTMAN_BASE_URL", { HALTMAN_BASE_URL: `not a url ${SECRET}` }],
+    ["UPSTREAM_TIMEOUT_MS", { UPSTREAM_TIMEOUT_MS: `${SECRET}` }],
+    ["UPSTREAM_TIMEOUT_MS", { UPSTREAM_TIMEOUT_MS: "0" }],
+    ["ACCESS_TOKEN_TTL", { ACCESS_TOKEN_TTL: `${SECRET}` }],
+    ["ACCESS_TOKEN_TTL", { ACCESS_TOKEN_TTL: "0" }],
+    ["ACCESS_TOKEN_TTL", { ACCESS_TOKEN_TTL: "48h" }],
+    ["REFRESH_TOKEN_TTL", { REFRESH_TOKEN_TTL: `30 ${SECRET}` }],
+    ["RATE_LIMIT_HANDLE_CREATE", { RATE_LIMIT_HANDLE_CREATE: "10/week" }],
+    ["RATE_LIMIT_DOMAIN_ENABLE", { RATE_LIMIT_DOMAIN_ENABLE: "0/min" }],
+    ["RATE_LIMIT_KEY", { RATE_LIMIT_KEY: `${SECRET}/min` }],
+    ["RATE_LIMIT_GLOBAL", { RATE_LIMIT_GLOBAL: "250" }],
+    ["TRUST_PROXY", { TRUST_PROXY: "-1" }],
+    ["TRUST_PROXY", { TRUST_PROXY: `${SECRET}` }],
+    ["TRUST_PROXY", { TRUST_PROXY: "true" }],
+    ["CORS_ORIGINS", { CORS_ORIGINS: `https://ok.example.com,not-an-origin-${SECRET}` }],
+    ["CORS_ORIGINS", { CORS_ORIGINS: `https://app.example.com/path/${SECRET}` }],
+    ["LOG_LEVEL", { LOG_LEVEL: `loud${SECRET}` }],
+    // half of a pair: the line names the missing half
+    ["BOOTSTRAP_ADMIN_USERNAME", { BOOTSTRAP_ADMIN_PASSWORD: `${SECRET}x` }],
+    ["BOOTSTRAP_ADMIN_PASSWORD", { BOOTSTRAP_ADMIN_USERNAME: `admin-${SECRET}` }],
+    ["BOOTSTRAP_ADMIN_PASSWORD", { BOOTSTRAP_ADMIN_USERNAME: "admin", BOOTSTRAP_ADMIN_PASSWORD: "short" }],
+    ["BOOTSTRAP_ADMIN_USERNAME", { BOOTSTRAP_ADMIN_USERNAME: `bad name ${SECRET}`, BOOTSTRAP_ADMIN_PASSWORD: "long-enough-pw" }],
+    ["HALTMAN_BOT_TOKEN", { HALTMAN_BOT_SOURCE: `src-${SECRET}` }],
+    ["HALTMAN_BOT_SOURCE", { HALTMAN_BOT_TOKEN: `tok-${SECRET}` }],
+    ["HALTMAN_BOT_TOKEN", { HALTMAN_BOT_TOKEN: `tok\n${SECRET}`, HALTMAN_BOT_SOURCE: "src" }],
+    ["VAULT_KEYRING", { DATABASE_URL: `postgres://user:${SECRET}@db/x` }],
+  ];
+
+  it.each(bad)("%s: exactly one problem line, naming it, without the value", (name, env) => {
+    const problems = problemsOf(env);
+    expect(problems, JSON.stringify(env)).toHaveLength(1);
+    expect(problems[0]!.startsWith(`${name}:`), problems[0]).toBe(true);
+    expect(problems[0]).not.toContain(SECRET);
+    expect(problems[0]).not.toContain("\n");
+    // and the thrown message does not carry it either
+    try {
+      loadConfig(env);
+    } catch (err) {
+      expect(String((err as Error).message)).not.toContain(SECRET);
+      expect(String((err as Error).stack)).not.toContain(SECRET);
+    }
+  });
+
+  it("several bad variables are all reported, one line each", () => {
+    const problems = problemsOf({
+      PORT: "x",
+      LOG_LEVEL: "loud",
+      TRUST_PROXY: "-3",
+      RATE_LIMIT_KEY: "1/week",
+      ACCESS_TOKEN_TTL: "forever",
+      HALTMAN_BASE_URL: "gopher://x",
+      DATABASE_URL: "postgres://db/x", // without VAULT_KEYRING
+    });
+    const names = problems.map((p) => p.split(":")[0]).sort();
+    expect(names).toEqual(["ACCESS_TOKEN_TTL", "HALTMAN_BASE_URL", "LOG_LEVEL", "PORT", "RATE_LIMIT_KEY", "TRUST_PROXY", "VAULT_KEYRING"]);
+  });
+
+  it("DATABASE_URL without VAULT_KEYRING is a problem; with one it is fine", () => {
+    expect(problemsOf({ DATABASE_URL: "postgres://db/x" }).map((p) => p.split(":")[0])).toEqual(["VAULT_KEYRING"]);
+    expect(problemsOf({ DATABASE_URL: "postgres://db/x", VAULT_KEYRING: "" }).map((p) => p.split(":")[0])).toEqual(["VAULT_KEYRING"]);
+    expect(problemsOf({ DATABASE_URL: "postgresql://db/x", VAULT_KEYRING: `k1:${Buffer.alloc(32).toString("base64")}` })).toEqual([]);
+    // embedded mode needs none
+    expect(problemsOf({})).toEqual([]);
+  });
+
+  it("the edges of the numeric ranges are accepted", () => {
+    expect(loadConfig({ PORT: "0" }).port).toBe(0);
+    expect(loadConfig({ PORT: "65535" }).port).toBe(65535);
+    expect(loadConfig({ TRUST_PROXY: "0" }).trustProxy).toBe(0);
+    expect(loadConfig({ ACCESS_TOKEN_TTL: "24h" }).accessTokenTtlS).toBe(86_400);
+    expect(loadConfig({ LOG_LEVEL: "SILENT" }).logLevel).toBe("silent");
+  });
+});
+
+describe("parseRatePolicy", () => {
+  it.each([
+    ["10/min", 10, 60_000, "10/min"],
+    ["1/s", 1, 1_000, "1/s"],
+    ["100/h", 100, 3_600_000, "100/h"],
+    ["5/d", 5, 86_400_000, "5/d"],
+    ["999999999/d", 999_999_999, 86_400_000, "999999999/d"],
+    [" 10/min ", 10, 60_000, "10/min"],
+    ["010/min", 10, 60_000, "10/min"],
+  ])("%j → %i per %i ms", (text, limit, periodMs, canonical) => {
+    expect(parseRatePolicy(text)).toEqual({ limit, periodMs, text: canonical });
+  });
+
+  it.each(["0/min", "00/s", "10/week", "10/m", "10/MIN", "10 /min", "10/ min", "-1/min", "1.5/min", "1234567890/s", "/min", "10/", "10", "", "ten/min", "10/min/s"])(
+    "%j is refused",
+    (text) => {
+      expect(parseRatePolicy(text)).toBeUndefined();
+    },
+  );
+});
+
+describe("parseDuration", () => {
+  it.each([
+    ["15m", 900],
+    ["15min", 900],
+    ["30d", 2_592_000],
+    ["12h", 43_200],
+    ["900s", 900],
+    ["900", 900],
+    ["1", 1],
+    [" 5m ", 300],
+  ])("%j → %i s", (text, seconds) => {
+    expect(parseDuration(text)).toBe(seconds);
+  });
+
+  it.each(["0", "0s", "0m", "-5m", "1.5h", "", "15 m", "1w", "m", "15M", "1e3", "1234567890"])("%j is refused", (text) => {
+    expect(parseDuration(text)).toBeUndefined();
+  });
+});
