@@ -1,3 +1,4 @@
+import { DrizzleQueryError } from "drizzle-orm";
 import pino, { type DestinationStream, type Logger } from "pino";
 
 /**
@@ -44,17 +45,27 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
 export function describeError(err: unknown): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   let e: unknown = err;
-  // drizzle wraps driver errors in DrizzleQueryError, whose message lists the query's parameters
-  // (password hashes, sealed boxes): log the driver's own error under it instead.
-  for (let depth = 0; depth < 4 && e instanceof Error && e.name === "DrizzleQueryError" && e.cause; depth++) e = e.cause;
-  if (e instanceof Error) {
+  // drizzle wraps driver errors in DrizzleQueryError (whose name is plain "Error"), with a message
+  // that lists the query's parameters (password hashes, sealed boxes): log the driver's error under it.
+  for (let depth = 0; depth < 4 && e instanceof DrizzleQueryError && e.cause; depth++) e = e.cause;
+  if (e instanceof DrizzleQueryError) {
+    out.name = "DrizzleQueryError";
+    out.message = "query failed";
+  } else if (e instanceof Error) {
     out.name = e.name;
     out.message = e.message.slice(0, 500);
     const code = (e as { code?: unknown }).code;
     if (typeof code === "string") out.code = code;
-    out.stack = e.stack?.split("\n").slice(1, 8).join("\n");
   } else {
     out.message = typeof e;
+  }
+  // Frames only: the stack's first lines repeat the message.
+  if (err instanceof Error && err.stack) {
+    out.stack = err.stack
+      .split("\n")
+      .filter((l) => /^\s+at /.test(l))
+      .slice(0, 8)
+      .join("\n");
   }
   return out;
 }

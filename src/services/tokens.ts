@@ -22,6 +22,7 @@ export const ACCESS_TOKEN_ALG = "ES256";
 export const CLOCK_TOLERANCE_S = 30;
 /** A bearer token longer than this is refused before any parsing (ours are about 400 bytes). */
 export const MAX_TOKEN_LENGTH = 2048;
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export type AccessClaims = { sub: string; sid: string; jti: string; iat: number; exp: number };
 
@@ -150,7 +151,9 @@ export async function createTokenService(opts: {
       } catch {
         return undefined;
       }
-      if (typeof payload.sid !== "string" || typeof payload.sub !== "string" || typeof payload.jti !== "string") return undefined;
+      // Ours are UUIDs; anything else cannot name a session or a user (and must not reach SQL as one).
+      if (typeof payload.sid !== "string" || !UUID_RE.test(payload.sid) || typeof payload.sub !== "string" || !UUID_RE.test(payload.sub)) return undefined;
+      if (typeof payload.jti !== "string") return undefined;
       const claims: AccessClaims = { sub: payload.sub, sid: payload.sid, jti: payload.jti, iat: payload.iat!, exp: payload.exp! };
       if (verified.size >= cacheSize) verified.delete(verified.keys().next().value!);
       verified.set(k, claims);
