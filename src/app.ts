@@ -26,6 +26,7 @@ const UNAVAILABLE_CODES = new Set([
   "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
   "42501", // insufficient_privilege: e.g. the audit table made unwritable
   "25006", // read_only_sql_transaction: a replica or a read-only database
+  "42P01", // undefined_table: a store taken away (a botched migration or restore) is down, not a bug of the request
 ]);
 const UNAVAILABLE_CLASSES = ["08", "53", "57"]; // connection, resources, operator intervention
 
@@ -63,7 +64,8 @@ export function createApp(deps: Deps) {
     c.var.log.info(
       {
         method: c.req.method,
-        path: c.req.path,
+        // A long segment that is not one of our ids may be a key or token pasted into a URL.
+        path: c.req.path.replace(/[^/]{40,}/g, "[redacted]"),
         route,
         status: c.res.status,
         ms: Math.round(seconds * 10_000) / 10,

@@ -5,6 +5,7 @@ import {
   bigint,
   boolean,
   customType,
+  doublePrecision,
   index,
   jsonb,
   pgTable,
@@ -84,6 +85,11 @@ export const signingKeys = pgTable("signing_keys", {
 export const rateLimitBuckets = pgTable("rate_limit_buckets", {
   key: text("key").primaryKey(),
   tat: ts("tat").notNull(),
+  /**
+   * The emission interval (period / limit, ms) the TAT was counted in. When a policy changes (an
+   * admin override), the backlog is rescaled so that the calls already made still count as calls.
+   */
+  tMs: doublePrecision("t_ms"),
 });
 
 /**

@@ -29,13 +29,15 @@ const adminView = (u: typeof users.$inferSelect): UserAdminView => ({
   created_at: u.createdAt.toISOString(),
 });
 
-/** Postgres unique violation, whichever driver raised it (drizzle wraps it as the cause). */
-export function isUniqueViolation(err: unknown): boolean {
+/** A SQLSTATE anywhere in the error's cause chain, whichever driver raised it (drizzle wraps it). */
+export function hasCode(err: unknown, code: string): boolean {
   for (let e = err, i = 0; e && i < 4; e = (e as { cause?: unknown }).cause, i++) {
-    if ((e as { code?: unknown }).code === "23505") return true;
+    if ((e as { code?: unknown }).code === code) return true;
   }
   return false;
 }
+
+export const isUniqueViolation = (err: unknown) => hasCode(err, "23505");
 
 // ---- login, refresh, logout ---------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import { callBuckets, pauseScopes, rateLimitHeaders } from "./limits.js";
 import { pauseUpstream, peekStates } from "./rate-limit.js";
 import { chooseKey, markKeyUsed, userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
 
-export type ProxyDeps = Pick<Deps, "db" | "vault" | "config" | "metrics" | "log" | "limiter" | "upstream">;
+export type ProxyDeps = Pick<Deps, "db" | "vault" | "config" | "metrics" | "limiter" | "upstream" | "log">;
 
 export type ProxyRequest = {
   user: Caller;
@@ -23,6 +23,8 @@ export type ProxyRequest = {
   contentType: string;
   keyIdHeader: string | undefined;
   idempotencyKey: string | undefined;
+  /** the request's logger (it carries the request id) */
+  log: ProxyDeps["log"];
 };
 
 export type ProxyAnswer = { status: number; body: string; headers: Record<string, string> };
@@ -144,7 +146,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
       result = await deps.upstream.call(op, { apiKey: key.open(), requestId: meta.requestId, body: upstreamBody });
     } catch (err) {
       // A key that fails to open: nothing was sent. Logged without material.
-      deps.log.error({ err: describeError(err), key_id: key.id }, "stored key failed to open; nothing sent upstream");
+      req.log.error({ err: describeError(err), key_id: key.id }, "stored key failed to open; nothing sent upstream");
       await recordOutcome(deps.db, eventId, "upstream_error", null, { error: "internal_error", reason: "key_unsealable" }).catch(() => {});
       await releaseClaim().catch(() => {});
       throw new AppError("internal_error", "the stored key could not be opened; nothing was sent upstream");
@@ -153,7 +155,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     deps.metrics.upstreamRequests.inc({ operation: op, result: result.kind === "answer" ? String(result.status) : result.kind === "timeout" ? "timeout" : result.reason });
     deps.metrics.upstreamDuration.observe({ operation: op }, result.ms / 1000);
     if (mapped.outcome === "upstream_error") {
-      deps.log.warn({ operation: op, key_id: key.id, result: result.kind, upstream_status: mapped.upstreamStatus, ms: Math.round(result.ms) }, "upstream call failed");
+      req.log.warn({ operation: op, key_id: key.id, result: result.kind, upstream_status: mapped.upstreamStatus, ms: Math.round(result.ms) }, "upstream call failed");
     }
 
     // 7. The outcome. Upstream has acted by now: a failure to record it is logged, and the call
@@ -170,7 +172,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
         : Promise.resolve(),
     ]);
     for (const r of after) {
-      if (r.status === "rejected") deps.log.error({ err: describeError(r.reason), event_id: eventId }, "recording a proxied call's outcome failed");
+      if (r.status === "rejected") req.log.error({ err: describeError(r.reason), event_id: eventId }, "recording a proxied call's outcome failed");
     }
     if (mapped.pause) deps.metrics.rateLimitRefusals.inc({ reason: "upstream" });
 

@@ -6,7 +6,7 @@ import type { Keyring } from "../crypto/keyring.js";
 import type { Db, Executor } from "../db/client.js";
 import { haltmanKeys, keyGrants, users, vaultSecrets, type UserRateLimits } from "../db/schema.js";
 import { AppError, conflict, forbidden, invalidParams, notFound } from "../errors.js";
-import { isUniqueViolation } from "./accounts.js";
+import { hasCode, isUniqueViolation } from "./accounts.js";
 import { record, type RequestMeta } from "./audit.js";
 
 export type Vault = { keyring: Keyring; fingerprintSecret: Buffer };
@@ -133,12 +133,15 @@ export async function keyFor(
   need: "see" | "manage",
 ): Promise<{ key: typeof haltmanKeys.$inferSelect; ownerUsername: string; access: KeyAccess }> {
   if (!isUuid(keyId)) throw notFound("key");
-  const [r] = await ex
+  const query = ex
     .select({ key: haltmanKeys, ownerUsername: users.username, granted: activeGrant(haltmanKeys.id, caller.id).mapWith(Boolean) })
     .from(haltmanKeys)
     .innerJoin(users, eq(users.id, haltmanKeys.ownerId))
     .where(eq(haltmanKeys.id, keyId))
     .limit(1);
+  // Managing holds the key's row until the transaction ends: a grant and a deletion of the same
+  // key are serialised (the loser sees not_found), never a foreign-key error.
+  const [r] = need === "manage" ? await query.for("update", { of: haltmanKeys }) : await query;
   if (!r) throw notFound("key");
   const access: KeyAccess | undefined =
     r.key.ownerId === caller.id ? "owner" : caller.role === "admin" ? "admin" : r.granted ? "grant" : undefined;
@@ -266,6 +269,7 @@ export async function createGrant(
     });
   } catch (err) {
     if (isUniqueViolation(err)) throw conflict("that user already holds an active grant on this key");
+    if (hasCode(err, "23503")) throw notFound("key"); // deleted meanwhile (belt and braces: the row lock above)
     throw err;
   }
 }

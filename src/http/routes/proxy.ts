@@ -30,6 +30,7 @@ export function proxyRoutes(registry: OpenAPIRegistry) {
       contentType: c.req.header("content-type") ?? "",
       keyIdHeader: nonEmpty(c.req.header("x-key-id")),
       idempotencyKey: c.req.header("idempotency-key"),
+      log: c.var.log,
     });
     return c.body(answer.body, answer.status as 200, answer.headers);
   };
