@@ -52,10 +52,15 @@ async function drive(url: string, requests: Req[], opts: { connections: number; 
   };
 }
 
-async function json(url: string, path: string, init: { method?: string; token?: string; body?: unknown } = {}) {
+async function json(url: string, path: string, init: { method?: string; token?: string; body?: unknown; from?: string } = {}) {
   const r = await fetch(url + path, {
     method: init.method ?? "GET",
-    headers: { "content-type": "application/json", ...(init.token ? { authorization: `Bearer ${init.token}` } : {}) },
+    headers: {
+      "content-type": "application/json",
+      ...(init.token ? { authorization: `Bearer ${init.token}` } : {}),
+      // Each user logs in from an address of their own (the service trusts one proxy hop here).
+      ...(init.from ? { "x-forwarded-for": init.from } : {}),
+    },
     ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
   });
   const text = await r.text();
@@ -96,6 +101,7 @@ async function main() {
         RATE_LIMIT_KEY: open,
         RATE_LIMIT_GLOBAL: open,
         LOG_LEVEL: "info",
+        TRUST_PROXY: "1",
       },
       `http://127.0.0.1:${svcPort}`,
       "/readyz",
@@ -112,7 +118,7 @@ async function main() {
       const password = `password-of-${username}`;
       const { id } = await json(svc.url, "/v1/admin/users", { method: "POST", token: admin, body: { username, password, role: "member" } });
       await json(svc.url, `/v1/keys/${keyIds[u % KEYS]}/grants`, { method: "POST", token: admin, body: { username } });
-      const token = (await json(svc.url, "/v1/auth/login", { method: "POST", body: { username, password } })).access_token;
+      const token = (await json(svc.url, "/v1/auth/login", { method: "POST", body: { username, password }, from: `10.1.0.${u}` })).access_token;
       users.push({ id, token });
     }
     const body = (n: number) => JSON.stringify({ handle: `h${n}` });
@@ -160,7 +166,7 @@ async function main() {
       const until = Date.now() + DURATION * 1000;
       let n = 0;
       while (Date.now() < until) {
-        await Promise.all(Array.from({ length: 50 }, (_, i) => fetch(svc.url + "/v1/auth/login", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: `user${i % USERS}`, password: `password-of-user${i % USERS}` }) }).then((r) => r.text())));
+        await Promise.all(Array.from({ length: 50 }, (_, i) => fetch(svc.url + "/v1/auth/login", { method: "POST", headers: { "content-type": "application/json", "x-forwarded-for": `10.2.${n % 250}.${i}` }, body: JSON.stringify({ username: `user${i % USERS}`, password: `password-of-user${i % USERS}` }) }).then((r) => r.text())));
         n += 50;
       }
       return n;

@@ -9,7 +9,8 @@ import { createPasswordHasher, type PasswordHasher } from "./services/passwords.
 import { createSessionGate, type SessionGate } from "./services/sessions.js";
 import { createTokenService, type TokenService } from "./services/tokens.js";
 import { createLimiter, type Limiter } from "./services/rate-limit.js";
-import { loadVault, type Vault } from "./services/vault.js";
+import { createAuditWriter, type AuditWriter } from "./services/audit.js";
+import { createKeyChooser, createKeyUsageMarker, loadVault, type KeyChooser, type KeyUsageMarker, type Vault } from "./services/vault.js";
 import { createUpstreamClient, type UpstreamClient } from "./upstream/client.js";
 
 export type LoginLimits = { perAccount: RatePolicy; perAddress: RatePolicy };
@@ -33,6 +34,10 @@ export type Deps = {
   vault: Vault;
   upstream: UpstreamClient;
   limiter: Limiter;
+  /** the proxied calls' data access, grouped per tick */
+  chooseKey: KeyChooser;
+  markKeyUsed: KeyUsageMarker;
+  auditWriter: AuditWriter;
   loginLimits: LoginLimits;
 };
 
@@ -70,6 +75,9 @@ export async function createDeps(input: {
     sessions: createSessionGate(database.db, input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
     vault,
     limiter: createLimiter(database.db),
+    chooseKey: createKeyChooser(database.db, vault),
+    markKeyUsed: createKeyUsageMarker(database.db),
+    auditWriter: createAuditWriter(database.db),
     upstream:
       input.upstream ??
       createUpstreamClient({ baseUrl: config.haltmanBaseUrl, timeoutMs: config.upstreamTimeoutMs, bot: config.haltmanBot }),

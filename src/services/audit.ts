@@ -5,6 +5,7 @@ import { randomUUID } from "node:crypto";
 import { and, desc, eq, gte, lt, lte, or, sql, type SQL } from "drizzle-orm";
 import type { Executor } from "../db/client.js";
 import { auditEventOutcomes, auditEvents } from "../db/schema.js";
+import { batched } from "./batch.js";
 
 export type AuditAction =
   | "auth.login"
@@ -82,6 +83,31 @@ export async function recordOutcome(
   detail?: Record<string, unknown>,
 ): Promise<void> {
   await ex.insert(auditEventOutcomes).values({ eventId, outcome, upstreamStatus, detail: detail ?? null });
+}
+
+/**
+ * The audit writes of the proxied calls, grouped per tick into one multi-row INSERT per table.
+ * Each caller's promise settles when the statement holding its row has committed: the record is
+ * durable before the caller goes on (upstream is called only after its attempt is on record).
+ */
+export type AuditWriter = {
+  record(e: AuditInput): Promise<string>;
+  recordOutcome(eventId: string, outcome: AuditOutcome, upstreamStatus: number | null, detail?: Record<string, unknown>): Promise<void>;
+};
+
+export function createAuditWriter(ex: Executor): AuditWriter {
+  const events = batched<typeof auditEvents.$inferInsert, string>(async (rows) => {
+    await ex.insert(auditEvents).values(rows);
+    return rows.map((r) => r.id!);
+  });
+  const outcomes = batched<typeof auditEventOutcomes.$inferInsert, void>(async (rows) => {
+    await ex.insert(auditEventOutcomes).values(rows);
+    return rows.map(() => undefined);
+  });
+  return {
+    record: (e) => events(auditRow(e)),
+    recordOutcome: (eventId, outcome, upstreamStatus, detail) => outcomes({ eventId, outcome, upstreamStatus, detail: detail ?? null }),
+  };
 }
 
 // ---- reading ----------------------------------------------------------------------------------

@@ -7,13 +7,13 @@ import type { Deps } from "../deps.js";
 import { describeError } from "../log.js";
 import type { UpstreamOperation, UpstreamResult } from "../upstream/client.js";
 import { normaliseDomain, normaliseHandle } from "../upstream/validation.js";
-import { record, recordOutcome, type AuditAction, type AuditOutcome, type RequestMeta } from "./audit.js";
+import type { AuditAction, AuditOutcome, RequestMeta } from "./audit.js";
 import { claim, complete, release, requestHash, MAX_IDEMPOTENCY_KEY } from "./idempotency.js";
 import { callBuckets, pauseScopes, rateLimitHeaders } from "./limits.js";
 import { pauseUpstream, peekStates } from "./rate-limit.js";
-import { chooseKey, markKeyUsed, userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
+import { userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
 
-export type ProxyDeps = Pick<Deps, "db" | "vault" | "config" | "metrics" | "limiter" | "upstream" | "log">;
+export type ProxyDeps = Pick<Deps, "db" | "config" | "metrics" | "limiter" | "upstream" | "chooseKey" | "markKeyUsed" | "auditWriter">;
 
 export type ProxyRequest = {
   user: Caller;
@@ -24,7 +24,7 @@ export type ProxyRequest = {
   keyIdHeader: string | undefined;
   idempotencyKey: string | undefined;
   /** the request's logger (it carries the request id) */
-  log: ProxyDeps["log"];
+  log: Deps["log"];
 };
 
 export type ProxyAnswer = { status: number; body: string; headers: Record<string, string> };
@@ -52,7 +52,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
 
   /** Audits a refusal made before upstream, and throws it with the RateLimit headers. */
   const refuse = async (err: AppError, outcome: AuditOutcome, detail: Record<string, unknown> = {}): Promise<never> => {
-    await record(deps.db, {
+    await deps.auditWriter.record({
       action,
       outcome,
       actor: user,
@@ -93,7 +93,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
 
   // 2. Which key.
   try {
-    key = await chooseKey(deps.db, deps.vault, user, req.keyIdHeader);
+    key = await deps.chooseKey(user, req.keyIdHeader);
   } catch (err) {
     if (err instanceof AppError) return refuse(err, err.code === "key_required" ? "invalid" : "denied");
     throw err;
@@ -138,7 +138,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     }
 
     // 5. The attempt is on record before anything leaves (fail closed: no record, no call).
-    const eventId = await record(deps.db, { action, outcome: null, actor: user, meta, keyId: key.id, keyOwnerId: key.ownerId, handle, domain });
+    const eventId = await deps.auditWriter.record({ action, outcome: null, actor: user, meta, keyId: key.id, keyOwnerId: key.ownerId, handle, domain });
 
     // 6. Upstream, with the key opened for this call only.
     let result: UpstreamResult;
@@ -147,7 +147,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     } catch (err) {
       // A key that fails to open: nothing was sent. Logged without material.
       req.log.error({ err: describeError(err), key_id: key.id }, "stored key failed to open; nothing sent upstream");
-      await recordOutcome(deps.db, eventId, "upstream_error", null, { error: "internal_error", reason: "key_unsealable" }).catch(() => {});
+      await deps.auditWriter.recordOutcome(eventId, "upstream_error", null, { error: "internal_error", reason: "key_unsealable" }).catch(() => {});
       await releaseClaim().catch(() => {});
       throw new AppError("internal_error", "the stored key could not be opened; nothing was sent upstream");
     }
@@ -162,8 +162,8 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     // stays in the audit log as `unknown`, but the caller still gets upstream's answer.
     const answerBody = mapped.answer instanceof AppError ? undefined : mapped.answer.body;
     const after = await Promise.allSettled([
-      recordOutcome(deps.db, eventId, mapped.outcome, mapped.upstreamStatus, mapped.answer instanceof AppError ? { error: mapped.answer.code, ...(mapped.answer.extras.reason ? { reason: mapped.answer.extras.reason } : {}) } : undefined),
-      result.kind === "answer" ? markKeyUsed(deps.db, key.id, mapped.keyRejected ? { rejected: true, reason: mapped.keyRejected } : { rejected: false }) : Promise.resolve(),
+      deps.auditWriter.recordOutcome(eventId, mapped.outcome, mapped.upstreamStatus, mapped.answer instanceof AppError ? { error: mapped.answer.code, ...(mapped.answer.extras.reason ? { reason: mapped.answer.extras.reason } : {}) } : undefined),
+      result.kind === "answer" ? deps.markKeyUsed(key.id, mapped.keyRejected ? { rejected: true, reason: mapped.keyRejected } : { rejected: false }) : Promise.resolve(),
       mapped.pause ? pauseUpstream(deps.db, mapped.pause.scope, mapped.pause.seconds) : Promise.resolve(),
       idemKey !== undefined
         ? mapped.keep && answerBody !== undefined && !(mapped.answer instanceof AppError)

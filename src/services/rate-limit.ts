@@ -6,6 +6,7 @@
 import { sql } from "drizzle-orm";
 import type { RatePolicy } from "../config.js";
 import { rowsOf, type Executor } from "../db/client.js";
+import { batched } from "./batch.js";
 
 export type Bucket = { key: string; policy: RatePolicy; name: string };
 
@@ -39,7 +40,7 @@ export type Limiter = {
   decide(buckets: Bucket[], opts?: DecideOptions): Promise<Decision>;
 };
 
-type Pending = { buckets: Bucket[]; opts: DecideOptions; resolve: (d: Decision) => void; reject: (e: unknown) => void };
+type Pending = { buckets: Bucket[]; opts: DecideOptions };
 
 /**
  * Groups the decisions asked for in one event-loop tick into one call of rate_limit_decide(): one
@@ -47,21 +48,7 @@ type Pending = { buckets: Bucket[]; opts: DecideOptions; resolve: (d: Decision) 
  * function admits greedily in that order, under row locks taken in key order).
  */
 export function createLimiter(ex: Executor, opts: { maxBatch?: number } = {}): Limiter {
-  const maxBatch = opts.maxBatch ?? 256;
-  let queue: Pending[] = [];
-  let scheduled = false;
-
-  const flush = () => {
-    scheduled = false;
-    while (queue.length > 0) {
-      const group = queue.splice(0, maxBatch);
-      run(group).catch((err) => {
-        for (const p of group) p.reject(err);
-      });
-    }
-  };
-
-  async function run(group: Pending[]) {
+  const run = batched<Pending, Decision>(async (group) => {
     const req: number[] = [], key: string[] = [], t: number[] = [], period: number[] = [], cost: number[] = [];
     const pauseReq: number[] = [], pauseScope: string[] = [];
     group.forEach((p, i) => {
@@ -88,20 +75,13 @@ export function createLimiter(ex: Executor, opts: { maxBatch?: number } = {}): L
       list.push(r);
       byReq.set(Number(r.o_req), list);
     }
-    group.forEach((p, i) => p.resolve(toDecision(p, byReq.get(i) ?? [])));
-  }
+    return group.map((p, i) => toDecision(p, byReq.get(i) ?? []));
+  }, opts);
 
   return {
     decide(buckets, o = {}) {
       if (buckets.length === 0) return Promise.resolve({ allowed: true, retryAfterS: 0, states: [] });
-      return new Promise<Decision>((resolve, reject) => {
-        queue.push({ buckets, opts: o, resolve, reject });
-        if (queue.length >= maxBatch) flush();
-        else if (!scheduled) {
-          scheduled = true;
-          setImmediate(flush);
-        }
-      });
+      return run({ buckets, opts: o });
     },
   };
 }

@@ -3,11 +3,12 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { and, desc, eq, gt, isNull, or, sql, type SQL } from "drizzle-orm";
 import { fingerprint, openApiKey, sealApiKey } from "../crypto/envelope.js";
 import type { Keyring } from "../crypto/keyring.js";
-import type { Db, Executor } from "../db/client.js";
+import { rowsOf, type Db, type Executor } from "../db/client.js";
 import { haltmanKeys, keyGrants, users, vaultSecrets, type UserRateLimits } from "../db/schema.js";
 import { AppError, conflict, forbidden, invalidParams, notFound } from "../errors.js";
 import { hasCode, isUniqueViolation } from "./accounts.js";
 import { record, type RequestMeta } from "./audit.js";
+import { batched } from "./batch.js";
 
 export type Vault = { keyring: Keyring; fingerprintSecret: Buffer };
 export type Caller = { id: string; username: string; role: "admin" | "member" };
@@ -52,7 +53,7 @@ export function normaliseApiKey(raw: string): string | undefined {
 }
 
 // An active grant: not revoked, not expired, checked on the database's clock at each request.
-const activeGrant = (keyId: SQL | typeof haltmanKeys.id, userId: string) =>
+const activeGrant = (keyId: SQL | typeof haltmanKeys.id, userId: string | SQL) =>
   sql`exists (select 1 from ${keyGrants} g where g.key_id = ${keyId} and g.user_id = ${userId}
       and g.revoked_at is null and (g.expires_at is null or g.expires_at > now()))`;
 
@@ -183,27 +184,70 @@ export type ChosenKey = {
  * The key a proxied call uses: the one named by X-Key-Id, or the caller's only usable key.
  * `key_required` when they may use several, `forbidden` when none, `not_found` for a key id they
  * may not use (owners and active grantees only: an admin's role manages keys, it does not use them).
+ * Every call asks the database (a revoked or expired grant stops working at once, on every
+ * instance); the calls of one tick share one query.
  */
-export async function chooseKey(ex: Executor, vault: Vault, caller: Caller, keyIdHeader: string | undefined): Promise<ChosenKey> {
-  const usable = or(eq(haltmanKeys.ownerId, caller.id), activeGrant(haltmanKeys.id, caller.id));
-  const columns = { key: haltmanKeys, userLimits: sql<UserRateLimits | null>`(select rate_limits from users where id = ${caller.id})` };
-  let rows: { key: typeof haltmanKeys.$inferSelect; userLimits: UserRateLimits | null }[];
-  if (keyIdHeader !== undefined) {
-    if (!isUuid(keyIdHeader.trim())) throw notFound("key");
-    rows = await ex.select(columns).from(haltmanKeys).where(and(eq(haltmanKeys.id, keyIdHeader.trim()), usable)).limit(1);
-    if (rows.length === 0) throw notFound("key");
-  } else {
-    rows = await ex.select(columns).from(haltmanKeys).where(usable).limit(2);
-    if (rows.length === 0) throw forbidden("you may use no Haltman key: ask a key owner for a grant");
-    if (rows.length > 1) throw new AppError("key_required", "you may use several keys: name one with the X-Key-Id header");
-  }
-  const { key: row, userLimits } = rows[0]!;
-  return {
-    id: row.id,
-    ownerId: row.ownerId,
-    name: row.name,
-    userLimits: typeof userLimits === "string" ? (JSON.parse(userLimits) as UserRateLimits) : userLimits,
-    open: () => openApiKey(vault.keyring, row),
+export type KeyChooser = (caller: Caller, keyIdHeader: string | undefined) => Promise<ChosenKey>;
+
+type KeyCandidate = {
+  i: number;
+  id: string | null;
+  owner_id: string | null;
+  name: string | null;
+  sealed_key: Uint8Array | null;
+  wrapped_dek: Uint8Array | null;
+  keyring_id: string | null;
+  rate_limits: UserRateLimits | string | null;
+};
+
+export function createKeyChooser(ex: Executor, vault: Vault): KeyChooser {
+  const lookup = batched<{ userId: string; keyId: string | null }, KeyCandidate[]>(async (reqs) => {
+    const values = sql.join(
+      reqs.map((r, i) => sql`(${i}::int, ${r.userId}::uuid, ${r.keyId}::uuid)`),
+      sql`, `,
+    );
+    const rows = await rowsOf<KeyCandidate>(
+      ex,
+      sql`with req(i, uid, kid) as (values ${values})
+        select req.i, k.id, k.owner_id, k.name, k.sealed_key, k.wrapped_dek, k.keyring_id, u.rate_limits
+        from req
+        join ${users} u on u.id = req.uid
+        left join lateral (
+          select * from ${haltmanKeys} k
+          where (req.kid is null or k.id = req.kid)
+            and (k.owner_id = req.uid or ${activeGrant(sql`k.id`, sql`req.uid`)})
+          order by k.created_at
+          limit 2
+        ) k on true`,
+    );
+    const byReq: KeyCandidate[][] = reqs.map(() => []);
+    for (const r of rows) byReq[Number(r.i)]!.push(r);
+    return byReq;
+  });
+
+  return async (caller, keyIdHeader) => {
+    const keyId = keyIdHeader?.trim();
+    if (keyId !== undefined && !isUuid(keyId)) throw notFound("key");
+    const found = (await lookup({ userId: caller.id, keyId: keyId ?? null })).filter((r) => r.id !== null);
+    if (keyId !== undefined && found.length === 0) throw notFound("key");
+    if (found.length === 0) throw forbidden("you may use no Haltman key: ask a key owner for a grant");
+    if (found.length > 1) throw new AppError("key_required", "you may use several keys: name one with the X-Key-Id header");
+    const row = found[0]!;
+    const limits = typeof row.rate_limits === "string" ? (JSON.parse(row.rate_limits) as UserRateLimits) : row.rate_limits;
+    const envelope = {
+      id: row.id!,
+      ownerId: row.owner_id!,
+      sealedKey: Buffer.from(row.sealed_key!),
+      wrappedDek: Buffer.from(row.wrapped_dek!),
+      keyringId: row.keyring_id!,
+    };
+    return {
+      id: envelope.id,
+      ownerId: envelope.ownerId,
+      name: row.name!,
+      userLimits: limits,
+      open: () => openApiKey(vault.keyring, envelope),
+    };
   };
 }
 
@@ -212,16 +256,27 @@ export async function userLimitOverrides(ex: Executor, userId: string): Promise<
   return u?.rateLimits ?? null;
 }
 
-/** After an upstream answer: when the key was last used, and whether upstream accepted it. */
-export async function markKeyUsed(ex: Executor, keyId: string, outcome: { rejected: false } | { rejected: true; reason: string }): Promise<void> {
-  await ex
-    .update(haltmanKeys)
-    .set(
-      outcome.rejected
-        ? { lastUsedAt: sql`now()`, status: "rejected", statusReason: outcome.reason }
-        : { lastUsedAt: sql`now()`, status: "ok", statusReason: null },
-    )
-    .where(eq(haltmanKeys.id, keyId));
+/**
+ * After upstream answered: when the key was last used (to the minute: rewriting a row that every
+ * call of a team shares would serialise them on its lock), and whether upstream accepted it (always
+ * written when it changes). The marks of one tick share one statement.
+ */
+export type KeyUsageMarker = (keyId: string, outcome: { rejected: false } | { rejected: true; reason: string }) => Promise<void>;
+
+export function createKeyUsageMarker(ex: Executor): KeyUsageMarker {
+  const mark = batched<{ keyId: string; status: "ok" | "rejected"; reason: string | null }, void>(async (items) => {
+    // The last word on each key wins within the group.
+    const byKey = new Map(items.map((m) => [m.keyId, m]));
+    const values = sql.join([...byKey.values()].map((m) => sql`(${m.keyId}::uuid, ${m.status}, ${m.reason}::text)`), sql`, `);
+    await ex.execute(sql`update ${haltmanKeys} k set last_used_at = now(), status = v.status, status_reason = v.reason
+      from (values ${values}) as v(id, status, reason)
+      where k.id = v.id
+        and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute' or k.status <> v.status
+             or k.status_reason is distinct from v.reason)`);
+    return items.map(() => undefined);
+  });
+  return (keyId, outcome) =>
+    mark({ keyId, status: outcome.rejected ? "rejected" : "ok", reason: outcome.rejected ? outcome.reason : null });
 }
 
 export function isUuid(s: string): boolean {
