@@ -3,6 +3,7 @@
 // pass ids and names, never a password, token or key.
 import { randomUUID } from "node:crypto";
 import { and, desc, eq, gte, lt, lte, or, sql, type SQL } from "drizzle-orm";
+import { pgArray } from "../db/arrays.js";
 import type { Executor } from "../db/client.js";
 import { auditEventOutcomes, auditEvents } from "../db/schema.js";
 import { batched } from "./batch.js";
@@ -96,12 +97,29 @@ export type AuditWriter = {
 };
 
 export function createAuditWriter(ex: Executor): AuditWriter {
+  const col = <K extends keyof typeof auditEvents.$inferInsert>(rows: (typeof auditEvents.$inferInsert)[], k: K) =>
+    pgArray(rows.map((r) => (r[k] ?? null) as string | number | null));
   const events = batched<typeof auditEvents.$inferInsert, string>(async (rows) => {
-    await ex.insert(auditEvents).values(rows);
+    const detail = pgArray(rows.map((r) => (r.detail ? JSON.stringify(r.detail) : null)));
+    await ex.execute(sql`insert into audit_events (id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id,
+        subject_id, handle, domain, upstream_status, ip, user_agent, detail)
+      select id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id, subject_id, handle, domain,
+        upstream_status, ip, user_agent, detail::jsonb
+      from unnest(${col(rows, "id")}::uuid[], ${col(rows, "requestId")}::text[], ${col(rows, "actorId")}::uuid[],
+        ${col(rows, "actorUsername")}::text[], ${col(rows, "action")}::text[], ${col(rows, "outcome")}::text[],
+        ${col(rows, "keyId")}::uuid[], ${col(rows, "keyOwnerId")}::uuid[], ${col(rows, "subjectId")}::uuid[],
+        ${col(rows, "handle")}::text[], ${col(rows, "domain")}::text[], ${col(rows, "upstreamStatus")}::smallint[],
+        ${col(rows, "ip")}::text[], ${col(rows, "userAgent")}::text[], ${detail}::text[])
+        as t(id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id, subject_id, handle, domain,
+          upstream_status, ip, user_agent, detail)`);
     return rows.map((r) => r.id!);
   });
   const outcomes = batched<typeof auditEventOutcomes.$inferInsert, void>(async (rows) => {
-    await ex.insert(auditEventOutcomes).values(rows);
+    await ex.execute(sql`insert into audit_event_outcomes (event_id, outcome, upstream_status, detail)
+      select event_id, outcome, upstream_status, detail::jsonb
+      from unnest(${pgArray(rows.map((r) => r.eventId))}::uuid[], ${pgArray(rows.map((r) => r.outcome))}::text[],
+        ${pgArray(rows.map((r) => r.upstreamStatus ?? null))}::smallint[],
+        ${pgArray(rows.map((r) => (r.detail ? JSON.stringify(r.detail) : null)))}::text[]) as t(event_id, outcome, upstream_status, detail)`);
     return rows.map(() => undefined);
   });
   return {

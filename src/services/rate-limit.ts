@@ -5,6 +5,7 @@
 // deadlock between statements), and a refusal writes nothing (a refused call spends no quota).
 import { sql } from "drizzle-orm";
 import type { RatePolicy } from "../config.js";
+import { pgArray } from "../db/arrays.js";
 import { rowsOf, type Executor } from "../db/client.js";
 import { batched } from "./batch.js";
 
@@ -125,10 +126,6 @@ export function decide(ex: Executor, buckets: Bucket[], opts: DecideOptions = {}
   return createLimiter(ex).decide(buckets, opts);
 }
 
-/** A PostgreSQL array literal, so that arrays pass as one parameter on either driver. */
-export function pgArray(values: (string | number)[]): string {
-  return `{${values.map((v) => (typeof v === "number" ? String(v) : `"${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`)).join(",")}}`;
-}
 
 /** Drops buckets that have been full for an hour (a row of a bucket that is full is the same as no row). */
 export async function sweepBuckets(ex: Executor): Promise<number> {

@@ -3,6 +3,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { and, desc, eq, gt, isNull, or, sql, type SQL } from "drizzle-orm";
 import { fingerprint, openApiKey, sealApiKey } from "../crypto/envelope.js";
 import type { Keyring } from "../crypto/keyring.js";
+import { pgArray } from "../db/arrays.js";
 import { rowsOf, type Db, type Executor } from "../db/client.js";
 import { haltmanKeys, keyGrants, users, vaultSecrets, type UserRateLimits } from "../db/schema.js";
 import { AppError, conflict, forbidden, invalidParams, notFound } from "../errors.js";
@@ -202,13 +203,11 @@ type KeyCandidate = {
 
 export function createKeyChooser(ex: Executor, vault: Vault): KeyChooser {
   const lookup = batched<{ userId: string; keyId: string | null }, KeyCandidate[]>(async (reqs) => {
-    const values = sql.join(
-      reqs.map((r, i) => sql`(${i}::int, ${r.userId}::uuid, ${r.keyId}::uuid)`),
-      sql`, `,
-    );
     const rows = await rowsOf<KeyCandidate>(
       ex,
-      sql`with req(i, uid, kid) as (values ${values})
+      sql`with req(i, uid, kid) as (
+          select * from unnest(${pgArray(reqs.map((_, i) => i))}::int[], ${pgArray(reqs.map((r) => r.userId))}::uuid[],
+            ${pgArray(reqs.map((r) => r.keyId))}::uuid[]))
         select req.i, k.id, k.owner_id, k.name, k.sealed_key, k.wrapped_dek, k.keyring_id, u.rate_limits
         from req
         join ${users} u on u.id = req.uid
@@ -266,10 +265,10 @@ export type KeyUsageMarker = (keyId: string, outcome: { rejected: false } | { re
 export function createKeyUsageMarker(ex: Executor): KeyUsageMarker {
   const mark = batched<{ keyId: string; status: "ok" | "rejected"; reason: string | null }, void>(async (items) => {
     // The last word on each key wins within the group.
-    const byKey = new Map(items.map((m) => [m.keyId, m]));
-    const values = sql.join([...byKey.values()].map((m) => sql`(${m.keyId}::uuid, ${m.status}, ${m.reason}::text)`), sql`, `);
+    const marks = [...new Map(items.map((m) => [m.keyId, m])).values()];
     await ex.execute(sql`update ${haltmanKeys} k set last_used_at = now(), status = v.status, status_reason = v.reason
-      from (values ${values}) as v(id, status, reason)
+      from unnest(${pgArray(marks.map((m) => m.keyId))}::uuid[], ${pgArray(marks.map((m) => m.status))}::text[],
+        ${pgArray(marks.map((m) => m.reason))}::text[]) as v(id, status, reason)
       where k.id = v.id
         and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute' or k.status <> v.status
              or k.status_reason is distinct from v.reason)`);

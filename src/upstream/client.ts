@@ -62,6 +62,9 @@ export function createUpstreamClient(opts: {
       headers["x-bot-source"] = opts.bot.source;
     }
     const res = await pool.request({ path: basePath + UPSTREAM_PATHS[op], method: "POST", headers, body: JSON.stringify(input.body), signal });
+    // A body we drop unread (a redirect, an oversized answer) errors when destroyed; unheard, that
+    // error would end the process. Reading it below still sees errors through the iterator.
+    res.body.on("error", () => {});
     const ms = () => performance.now() - started;
     if (res.statusCode >= 300 && res.statusCode < 400) {
       res.body.destroy();
