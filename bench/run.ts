@@ -182,7 +182,7 @@ async function main() {
 
     // --- audit queries over 1,000,000 events ------------------------------------------------------
     await database.db.execute(sql`insert into audit_events (id, at, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id, handle, ip)
-      select gen_random_uuid(), now() - make_interval(secs => g), 'seed-' || g, (array[${sql.raw(users.slice(0, 8).map((u) => `'${u.id}'::uuid`).join(","))}])[1 + g % 8],
+      select gen_random_uuid(), now() - make_interval(secs => ${AUDIT_EVENTS} - g), 'seed-' || g, (array[${sql.raw(users.slice(0, 8).map((u) => `'${u.id}'::uuid`).join(","))}])[1 + g % 8],
              'user' || (g % 8), 'handle.create', 'success', ${keyIds[0]}::uuid, null, 'seed' || (g % 50000), '10.0.0.1'
       from generate_series(1, ${AUDIT_EVENTS}) g`);
     await database.db.execute(sql`analyze audit_events`);

@@ -58,8 +58,6 @@ async function main(argv: string[]) {
   const log = createLogger(config.logLevel === "info" ? "warn" : config.logLevel);
 
   if (cmd === "migrate") {
-    const keyring = loadKeyring(config, log);
-    void keyring;
     const database = await openDatabase(config);
     try {
       const { applied } = await migrate(database.db);

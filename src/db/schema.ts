@@ -121,13 +121,15 @@ export const auditEvents = pgTable(
     userAgent: text("user_agent"),
     detail: jsonb("detail").$type<Record<string, unknown>>(),
   },
+  // Listed newest first by (at, seq): every filter has an index that ends in (at, seq), so a page
+  // is an index range scan whatever the filter, time ranges included.
   (t) => [
-    index("audit_events_at_idx").on(t.at),
-    index("audit_events_actor_idx").on(t.actorId, t.seq),
-    index("audit_events_key_owner_idx").on(t.keyOwnerId, t.seq),
-    index("audit_events_key_idx").on(t.keyId, t.seq),
-    index("audit_events_handle_idx").on(t.handle, t.seq),
-    index("audit_events_action_idx").on(t.action, t.seq),
+    index("audit_events_at_seq_idx").on(t.at, t.seq),
+    index("audit_events_actor_at_idx").on(t.actorId, t.at, t.seq),
+    index("audit_events_key_owner_at_idx").on(t.keyOwnerId, t.at, t.seq),
+    index("audit_events_key_at_idx").on(t.keyId, t.at, t.seq),
+    index("audit_events_handle_at_idx").on(t.handle, t.at, t.seq),
+    index("audit_events_action_at_idx").on(t.action, t.at, t.seq),
   ],
 );
 

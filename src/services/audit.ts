@@ -2,7 +2,7 @@
 // whose record cannot be written does not happen (fail closed). Nothing secret goes in: callers
 // pass ids and names, never a password, token or key.
 import { randomUUID } from "node:crypto";
-import { and, desc, eq, gte, lt, lte, or, sql, type SQL } from "drizzle-orm";
+import { and, desc, eq, gte, lte, or, sql, type SQL } from "drizzle-orm";
 import { pgArray } from "../db/arrays.js";
 import type { Executor } from "../db/client.js";
 import { auditEventOutcomes, auditEvents } from "../db/schema.js";
@@ -162,7 +162,10 @@ export type AuditEventView = {
 
 const outcomeExpr = sql<AuditOutcome>`coalesce(${auditEventOutcomes.outcome}, ${auditEvents.outcome}, 'unknown')`;
 
-function whereFor(viewer: AuditViewer, f: AuditFilters, beforeSeq?: number): SQL | undefined {
+/** Where a page ends: the last event's time (to the microsecond, as text) and sequence number. */
+export type AuditPosition = { at: string; seq: number };
+
+function whereFor(viewer: AuditViewer, f: AuditFilters, before?: AuditPosition): SQL | undefined {
   return and(
     // A member sees what they did and what was done with keys they own.
     viewer.role === "admin" ? undefined : or(eq(auditEvents.actorId, viewer.id), eq(auditEvents.keyOwnerId, viewer.id)),
@@ -174,14 +177,15 @@ function whereFor(viewer: AuditViewer, f: AuditFilters, beforeSeq?: number): SQL
     f.outcome ? sql`${outcomeExpr} = ${f.outcome}` : undefined,
     f.since ? gte(auditEvents.at, f.since) : undefined,
     f.until ? lte(auditEvents.at, f.until) : undefined,
-    beforeSeq !== undefined ? lt(auditEvents.seq, beforeSeq) : undefined,
+    before !== undefined ? sql`(${auditEvents.at}, ${auditEvents.seq}) < (${before.at}::timestamptz, ${before.seq})` : undefined,
   );
 }
 
-async function page(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: number, beforeSeq?: number) {
+async function page(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: number, before?: AuditPosition) {
   return ex
     .select({
       seq: auditEvents.seq,
+      atExact: sql<string>`to_char(${auditEvents.at} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`,
       id: auditEvents.id,
       at: auditEvents.at,
       requestId: auditEvents.requestId,
@@ -201,8 +205,8 @@ async function page(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: n
     })
     .from(auditEvents)
     .leftJoin(auditEventOutcomes, eq(auditEventOutcomes.eventId, auditEvents.id))
-    .where(whereFor(viewer, f, beforeSeq))
-    .orderBy(desc(auditEvents.seq))
+    .where(whereFor(viewer, f, before))
+    .orderBy(desc(auditEvents.at), desc(auditEvents.seq))
     .limit(limit);
 }
 
@@ -229,33 +233,35 @@ function toView(r: PageRow): AuditEventView {
 }
 
 /** Cursors are opaque to clients: the position of the last event of the page. */
-export const encodeCursor = (seq: number) => Buffer.from(`v1:${seq}`).toString("base64url");
-export function decodeCursor(cursor: string): number | undefined {
-  const m = /^v1:(\d{1,16})$/.exec(Buffer.from(cursor, "base64url").toString("utf8"));
-  return m ? Number(m[1]) : undefined;
+export const encodeCursor = (p: AuditPosition) => Buffer.from(`v2|${p.at}|${p.seq}`).toString("base64url");
+export function decodeCursor(cursor: string): AuditPosition | undefined {
+  const m = /^v2\|(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z)\|(\d{1,16})$/.exec(Buffer.from(cursor, "base64url").toString("utf8"));
+  return m && !Number.isNaN(Date.parse(m[1]!)) ? { at: m[1]!, seq: Number(m[2]) } : undefined;
 }
+
+const positionOf = (r: { atExact: string; seq: number }): AuditPosition => ({ at: r.atExact, seq: Number(r.seq) });
 
 export async function listAuditEvents(
   ex: Executor,
   viewer: AuditViewer,
   f: AuditFilters,
   limit: number,
-  beforeSeq?: number,
+  before?: AuditPosition,
 ): Promise<{ events: AuditEventView[]; nextCursor: string | null }> {
-  const rows = await page(ex, viewer, f, limit + 1, beforeSeq);
+  const rows = await page(ex, viewer, f, limit + 1, before);
   const more = rows.length > limit;
   const shown = more ? rows.slice(0, limit) : rows;
-  return { events: shown.map(toView), nextCursor: more ? encodeCursor(Number(shown[shown.length - 1]!.seq)) : null };
+  return { events: shown.map(toView), nextCursor: more ? encodeCursor(positionOf(shown[shown.length - 1]!)) : null };
 }
 
 /** Every matching event, newest first, a page at a time (the export streams it). */
 export async function* allAuditEvents(ex: Executor, viewer: AuditViewer, f: AuditFilters, pageSize = 1_000) {
-  let before: number | undefined;
+  let before: AuditPosition | undefined;
   for (;;) {
     const rows = await page(ex, viewer, f, pageSize, before);
     for (const r of rows) yield toView(r);
     if (rows.length < pageSize) return;
-    before = Number(rows[rows.length - 1]!.seq);
+    before = positionOf(rows[rows.length - 1]!);
   }
 }
 

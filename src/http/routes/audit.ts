@@ -11,6 +11,7 @@ import {
   decodeCursor,
   listAuditEvents,
   type AuditFilters,
+  type AuditPosition,
 } from "../../services/audit.js";
 import type { AppEnv } from "../env.js";
 import { defineRoute } from "../route.js";
@@ -82,12 +83,12 @@ export function auditRoutes(registry: OpenAPIRegistry) {
           .transform(Number)
           .refine((n) => n >= 1 && n <= 500, { error: "expected a whole number from 1 to 500" })
           .optional(),
-        cursor: z.string().max(64).optional(),
+        cursor: z.string().max(128).optional(),
       }),
       responses: { 200: { description: "a page", schema: z.object({ events: z.array(AuditEvent), next_cursor: z.string().nullable() }) } },
     },
     async (c, { query }) => {
-      let before: number | undefined;
+      let before: AuditPosition | undefined;
       if (query.cursor !== undefined) {
         before = decodeCursor(query.cursor);
         if (before === undefined) throw invalidParams("cursor", "cursor: not one this service gave out");
