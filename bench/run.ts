@@ -102,6 +102,9 @@ async function main() {
         RATE_LIMIT_GLOBAL: open,
         LOG_LEVEL: "info",
         TRUST_PROXY: "1",
+        // as `npm start` and the Dockerfile run it (see the Dockerfile for why)
+        MALLOC_ARENA_MAX: "2",
+        MALLOC_MMAP_THRESHOLD_: "131072",
       },
       `http://127.0.0.1:${svcPort}`,
       "/readyz",
