@@ -7,7 +7,8 @@ import type { Deps } from "../deps.js";
 import { describeError } from "../log.js";
 import type { UpstreamOperation, UpstreamResult } from "../upstream/client.js";
 import { normaliseDomain, normaliseHandle } from "../upstream/validation.js";
-import type { AuditAction, AuditOutcome, RequestMeta } from "./audit.js";
+import { randomUUID } from "node:crypto";
+import { auditRow, type AuditAction, type AuditOutcome, type RequestMeta } from "./audit.js";
 import { claim, complete, release, requestHash, MAX_IDEMPOTENCY_KEY } from "./idempotency.js";
 import { callBuckets, pauseScopes, rateLimitHeaders } from "./limits.js";
 import { pauseUpstream, peekStates } from "./rate-limit.js";
@@ -124,9 +125,15 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
   const releaseClaim = () => (idemKey !== undefined ? release(deps.db, user.id, idemKey) : Promise.resolve());
 
   try {
-    // 4. Rate limits and upstream's pauses, decided together inside the database.
+    // 4. Rate limits and upstream's pauses, decided together inside the database...
     const buckets = callBuckets(deps.config, op, user.id, key.userLimits, key.id);
-    const decision = await deps.limiter.decide(buckets, { pauses: pauseScopes(op, key.id) });
+    // 5. ...and in the same statement, the record: of the attempt when admitted (it is on record
+    // before anything leaves: no record, no call), of the refusal otherwise.
+    const eventId = randomUUID();
+    const decision = await deps.limiter.decide(buckets, {
+      pauses: pauseScopes(op, key.id),
+      audit: auditRow({ action, outcome: null, actor: user, meta, keyId: key.id, keyOwnerId: key.ownerId, handle, domain }, eventId),
+    });
     const limitHeaders = rateLimitHeaders(decision.states);
     if (!decision.allowed) {
       const reason = decision.refusedBy ?? "global";
@@ -134,11 +141,8 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
       const err = rateLimited(reason, decision.retryAfterS);
       err.headers = limitHeaders;
       await releaseClaim();
-      return await refuse(err, "rate_limited", { reason });
+      throw err;
     }
-
-    // 5. The attempt is on record before anything leaves (fail closed: no record, no call).
-    const eventId = await deps.auditWriter.record({ action, outcome: null, actor: user, meta, keyId: key.id, keyOwnerId: key.ownerId, handle, domain });
 
     // 6. Upstream, with the key opened for this call only.
     let result: UpstreamResult;

@@ -3,10 +3,11 @@
 // admitted when TAT' = max(TAT, now) + n·T stays within one period of now, T = period / limit.
 // Several buckets are decided together in one statement that locks their rows in key order (no
 // deadlock between statements), and a refusal writes nothing (a refused call spends no quota).
-import { sql } from "drizzle-orm";
+import { sql, type SQL } from "drizzle-orm";
 import type { RatePolicy } from "../config.js";
 import { pgArray } from "../db/arrays.js";
 import { rowsOf, type Executor } from "../db/client.js";
+import type { auditEvents } from "../db/schema.js";
 import { batched } from "./batch.js";
 
 export type Bucket = { key: string; policy: RatePolicy; name: string };
@@ -34,7 +35,18 @@ export type Decision = {
 
 type Row = { o_req: number; o_key: string; o_wait_ms: number; o_allowed: boolean; o_pause_ms: number | null };
 
-export type DecideOptions = { cost?: number; pauses?: string[] };
+export type DecideOptions = {
+  cost?: number;
+  pauses?: string[];
+  /**
+   * An audit row written by the same statement as the decision: as the attempt (outcome null)
+   * when the call is admitted, as `rate_limited` (with the reason) when it is refused. Decision
+   * and record are one atomic statement: no record, no quota spent, and the other way round.
+   */
+  audit?: AuditRow;
+};
+
+type AuditRow = typeof auditEvents.$inferInsert;
 
 export type Limiter = {
   /** Decides one call; calls made in the same tick are decided together in one statement. */
@@ -50,12 +62,13 @@ type Pending = { buckets: Bucket[]; opts: DecideOptions };
  */
 export function createLimiter(ex: Executor, opts: { maxBatch?: number } = {}): Limiter {
   const run = batched<Pending, Decision>(async (group) => {
-    const req: number[] = [], key: string[] = [], t: number[] = [], period: number[] = [], cost: number[] = [];
+    const req: number[] = [], key: string[] = [], t: number[] = [], period: number[] = [], cost: number[] = [], name: string[] = [];
     const pauseReq: number[] = [], pauseScope: string[] = [];
     group.forEach((p, i) => {
       for (const b of p.buckets) {
         req.push(i);
         key.push(b.key);
+        name.push(b.name);
         t.push(b.policy.periodMs / b.policy.limit);
         period.push(b.policy.periodMs);
         cost.push(p.opts.cost ?? 1);
@@ -65,10 +78,12 @@ export function createLimiter(ex: Executor, opts: { maxBatch?: number } = {}): L
         pauseScope.push(s);
       }
     });
+    const decideCall = sql`rate_limit_decide(${pgArray(req)}::int[], ${pgArray(key)}::text[], ${pgArray(t)}::float8[],
+        ${pgArray(period)}::float8[], ${pgArray(cost)}::float8[], ${pgArray(pauseReq)}::int[], ${pgArray(pauseScope)}::text[])`;
+    const audited = group.flatMap((p, i) => (p.opts.audit ? [{ i, row: p.opts.audit }] : []));
     const rows = await rowsOf<Row>(
       ex,
-      sql`select * from rate_limit_decide(${pgArray(req)}::int[], ${pgArray(key)}::text[], ${pgArray(t)}::float8[],
-        ${pgArray(period)}::float8[], ${pgArray(cost)}::float8[], ${pgArray(pauseReq)}::int[], ${pgArray(pauseScope)}::text[])`,
+      audited.length === 0 ? sql`select * from ${decideCall}` : decideAndRecord(decideCall, { req, key, t, period, cost, name }, audited),
     );
     const byReq = new Map<number, Row[]>();
     for (const r of rows) {
@@ -85,6 +100,49 @@ export function createLimiter(ex: Executor, opts: { maxBatch?: number } = {}): L
       return run({ buckets, opts: o });
     },
   };
+}
+
+/**
+ * The decision and its audit rows in one statement. The refusal's reason is the bucket furthest
+ * over its limit, or `upstream` when a pause holds the call back longer (as toDecision says it).
+ */
+function decideAndRecord(
+  decideCall: SQL,
+  input: { req: number[]; key: string[]; t: number[]; period: number[]; cost: number[]; name: string[] },
+  audited: { i: number; row: AuditRow }[],
+): SQL {
+  const col = <K extends keyof AuditRow>(k: K) => pgArray(audited.map((a) => (a.row[k] ?? null) as string | number | null));
+  return sql`with d as materialized (select * from ${decideCall}),
+    inp as (
+      select * from unnest(${pgArray(input.req)}::int[], ${pgArray(input.key)}::text[], ${pgArray(input.t)}::float8[],
+        ${pgArray(input.period)}::float8[], ${pgArray(input.cost)}::float8[], ${pgArray(input.name)}::text[])
+        as i(req, key, t, period, cost, name)
+    ),
+    v as (
+      select d.o_req as req, bool_and(d.o_allowed) as ok, coalesce(max(d.o_pause_ms), 0) as pause_ms,
+        max(d.o_wait_ms + i.cost * i.t - i.period) as over,
+        (array_agg(i.name order by d.o_wait_ms + i.cost * i.t - i.period desc))[1] as worst
+      from d join inp i on i.req = d.o_req and i.key = d.o_key
+      group by d.o_req
+    ),
+    a as (
+      select * from unnest(${pgArray(audited.map((a) => a.i))}::int[], ${col("id")}::uuid[], ${col("requestId")}::text[],
+        ${col("actorId")}::uuid[], ${col("actorUsername")}::text[], ${col("action")}::text[], ${col("keyId")}::uuid[],
+        ${col("keyOwnerId")}::uuid[], ${col("handle")}::text[], ${col("domain")}::text[], ${col("ip")}::text[],
+        ${col("userAgent")}::text[])
+        as a(req, id, request_id, actor_id, actor_username, action, key_id, key_owner_id, handle, domain, ip, user_agent)
+    ),
+    ins as (
+      insert into audit_events (id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id, handle, domain, ip, user_agent, detail)
+      select a.id, a.request_id, a.actor_id, a.actor_username, a.action,
+        case when v.ok then null else 'rate_limited' end,
+        a.key_id, a.key_owner_id, a.handle, a.domain, a.ip, a.user_agent,
+        case when v.ok then null else jsonb_build_object('error', 'rate_limited', 'reason',
+          case when v.pause_ms > 0 and v.pause_ms >= greatest(v.over, 0) then 'upstream' else v.worst end) end
+      from a join v on v.req = a.req
+      returning 1
+    )
+    select * from d`;
 }
 
 function toDecision(p: Pending, rows: Row[]): Decision {

@@ -198,7 +198,15 @@ describe("audit of refusals", () => {
     expect(rs.map((r) => r.status)).toEqual([200, 200, 200, 200, 200, 429, 429, 429]);
     const limited = await svc.call("GET", `/v1/audit?actor=${u.id}&outcome=rate_limited`, { token: svc.admin.token });
     expect(limited.status, limited.text).toBe(200);
-    type Ev = { action: string; outcome: string; request_id: string; key_id: string | null; handle: string | null; upstream_status: number | null };
+    type Ev = {
+      action: string;
+      outcome: string;
+      request_id: string;
+      key_id: string | null;
+      handle: string | null;
+      upstream_status: number | null;
+      detail: Record<string, unknown> | null;
+    };
     const evs = limited.json.events as Ev[];
     expect(evs).toHaveLength(3);
     expect(new Set(evs.map((e) => e.request_id))).toEqual(new Set(rs.slice(5).map((r) => r.headers.get("x-request-id"))));
@@ -207,6 +215,8 @@ describe("audit of refusals", () => {
       expect(e.outcome).toBe("rate_limited");
       expect(e.key_id).toBe(u.keyId);
       expect(e.upstream_status).toBeNull();
+      // the refusal's reason is recorded with it: the user's bucket refused, as the 429 said
+      expect(e.detail).toEqual({ error: "rate_limited", reason: "user" });
     }
     const ok = await svc.call("GET", `/v1/audit?actor=${u.id}&action=handle.create&outcome=success`, { token: svc.admin.token });
     expect(ok.json.events).toHaveLength(5);

@@ -79,6 +79,7 @@ describe("JSON 429: upstream's per-key limit", () => {
     expectUpstreamLimit(same.result, 7);
     const e2 = await eventOf(ctx, same.result);
     expect([e2.outcome, e2.upstream_status, e2.key_id]).toEqual(["rate_limited", null, k1.id]);
+    expect(e2.detail, "a refusal by upstream's pause is recorded with that reason").toEqual({ error: "rate_limited", reason: "upstream" });
 
     // The same key used by a grantee: the pause is the key's, not the user's.
     const mates = await receivedDuring(ctx.sim, () => post(ctx, CREATE, mate.token, { handle: "limited-3" }));
