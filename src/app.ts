@@ -26,6 +26,8 @@ const UNAVAILABLE_CODES = new Set([
   "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
   "42501", // insufficient_privilege: e.g. the audit table made unwritable
   "25006", // read_only_sql_transaction: a replica or a read-only database
+  "40P01", // deadlock_detected: PostgreSQL broke a lock cycle; the request may be retried
+  "40001", // serialization_failure: likewise
   "42P01", // undefined_table: a store taken away (a botched migration or restore) is down, not a bug of the request
 ]);
 const UNAVAILABLE_CLASSES = ["08", "53", "57"]; // connection, resources, operator intervention

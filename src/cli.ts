@@ -6,7 +6,7 @@ import { createInterface } from "node:readline";
 import { ConfigError, loadConfig, normaliseUsername } from "./config.js";
 import { KeyringError } from "./crypto/keyring.js";
 import { users } from "./db/schema.js";
-import { createLogger } from "./log.js";
+import { createLogger, describeError } from "./log.js";
 import { createUser } from "./services/accounts.js";
 import { record } from "./services/audit.js";
 import { keyringUsage } from "./services/keyring-usage.js";
@@ -149,6 +149,8 @@ main(process.argv.slice(2)).catch((err) => {
   }
   if (err instanceof StartupError || err instanceof KeyringError) fail(err.message);
   if (err && typeof err === "object" && "code" in err && (err as { code: string }).code === "conflict") fail(String((err as Error).message));
-  process.stderr.write(`failed: ${(err as Error).message}\n`);
+  // Never the raw message: drizzle's lists the failed query's parameters (hashes, sealed boxes).
+  const d = describeError(err);
+  process.stderr.write(`failed: ${d.name ?? "error"}: ${d.message ?? ""}${d.code ? ` (${d.code})` : ""}\n`);
   process.exit(1);
 });

@@ -200,6 +200,7 @@ export function loadConfig(env: Env = process.env): Config {
     corsOrigins: Object.freeze(corsOrigins),
     logLevel: logLevel as Config["logLevel"],
   };
+  if (config.refreshTokenTtlS > 366 * 86_400) bad("REFRESH_TOKEN_TTL", "expected at most 366d");
   if (config.accessTokenTtlS > 24 * 3600) bad("ACCESS_TOKEN_TTL", "expected at most 24h (access tokens are short-lived; refresh tokens carry sessions)");
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -30,6 +30,10 @@ async function main() {
   const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
     log.info({ host: info.address, port: info.port, database: database.kind }, "listening");
   }) as Server;
+  server.on("error", (err: NodeJS.ErrnoException) => {
+    log.fatal({ err: describeError(err), host: config.host, port: config.port }, err.code === "EADDRINUSE" ? "the address is in use" : "the server failed");
+    process.exit(1);
+  });
   server.keepAliveTimeout = 65_000; // longer than common load balancers' idle timeout
   server.headersTimeout = 20_000;
   server.requestTimeout = 60_000;

@@ -33,7 +33,9 @@ export function loadKeyring(config: Config, log: Logger): Keyring {
   const file = join(dir, "vault-keyring");
   if (!existsSync(file)) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    writeFileSync(file, Keyring.generateEntry("dev1") + "\n", { mode: 0o600, flag: "wx" });
+    // A random id: should this file be lost, the data it sealed names an entry the new one is not,
+    // and the start says so clearly instead of failing to open a box.
+    writeFileSync(file, Keyring.generateEntry(`dev-${randomBytes(4).toString("hex")}`) + "\n", { mode: 0o600, flag: "wx" });
     log.warn({ file }, "VAULT_KEYRING is not set: generated a development keyring; set VAULT_KEYRING (and keep a copy) for anything real");
   } else {
     log.warn({ file }, "VAULT_KEYRING is not set: using the development keyring in DATA_DIR");

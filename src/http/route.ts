@@ -7,7 +7,7 @@ import { z } from "@hono/zod-openapi";
 import { invalidParams } from "../errors.js";
 import type { AppEnv } from "./env.js";
 import { requireAdmin, requireUser } from "./middleware/auth.js";
-import { jsonBody } from "./middleware/json-body.js";
+import { fieldWithNul, jsonBody } from "./middleware/json-body.js";
 import { ErrorBody } from "./schemas.js";
 
 export type Access = "public" | "user" | "admin";
@@ -83,7 +83,10 @@ export function defineRoute<B extends z.ZodType | undefined = undefined, Q exten
   app.on([spec.method.toUpperCase()], [spec.path], ...chain, async (c) => {
     let query: unknown;
     if (spec.query) {
-      const parsed = spec.query.safeParse(c.req.query());
+      const raw = c.req.query();
+      const nul = fieldWithNul(raw);
+      if (nul !== undefined) throw invalidParams(nul, `${nul}: must not contain NUL characters`);
+      const parsed = spec.query.safeParse(raw);
       if (!parsed.success) {
         const issue = parsed.error.issues[0]!;
         const field = issue.path.map(String).join(".") || "query";

@@ -1,5 +1,5 @@
 // Accounts and their sessions. Plain functions over explicit dependencies; no HTTP in here.
-import { createHash } from "node:crypto";
+import { createHmac } from "node:crypto";
 import { asc, eq, sql } from "drizzle-orm";
 import type { Deps } from "../deps.js";
 import type { Executor } from "../db/client.js";
@@ -8,7 +8,7 @@ import { AppError, conflict, invalidParams, notFound, rateLimited, unauthorized 
 import { record, type Actor, type RequestMeta } from "./audit.js";
 import { createSession, revokeSessions, rotateRefreshToken } from "./sessions.js";
 
-type AccountDeps = Pick<Deps, "db" | "passwords" | "tokens" | "sessions" | "config" | "loginLimits" | "metrics" | "limiter">;
+type AccountDeps = Pick<Deps, "db" | "passwords" | "tokens" | "sessions" | "config" | "loginLimits" | "metrics" | "limiter" | "vault">;
 
 export type UserView = { id: string; username: string; role: UserRole };
 export type UserAdminView = UserView & { disabled: boolean; rate_limits: UserRateLimits; created_at: string };
@@ -47,11 +47,9 @@ export async function login(
   input: { username: string; password: string },
 ): Promise<TokenPair> {
   const username = input.username.trim().toLowerCase();
-  // Throttle before any hashing. The account bucket is keyed by a hash of the name typed: an
-  // unknown name may be a password typed into the wrong field, and must not be stored.
-  const nameKey = createHash("sha256").update(username).digest("base64url");
+  // Throttle before any hashing.
   const decision = await deps.limiter.decide([
-    { name: "login_account", key: `login:account:${nameKey}`, policy: deps.loginLimits.perAccount },
+    { name: "login_account", key: accountBucket(deps, username), policy: deps.loginLimits.perAccount },
     ...(meta.ip ? [{ name: "login_address", key: `login:ip:${meta.ip}`, policy: deps.loginLimits.perAddress }] : []),
   ]);
   const [user] = await deps.db.select().from(users).where(eq(users.username, username)).limit(1);
@@ -102,6 +100,15 @@ export async function login(
   return pair(deps, user, sessionId, refreshToken);
 }
 
+/**
+ * The per-account login bucket of a typed name. The name may be a password typed into the wrong
+ * field: it is keyed by an HMAC under the vault's secret (never stored, nor an unsalted hash that a
+ * dictionary would reverse).
+ */
+function accountBucket(deps: Pick<AccountDeps, "vault">, username: string): string {
+  return `login:account:${createHmac("sha256", deps.vault.fingerprintSecret).update(`login:${username}`).digest("base64url").slice(0, 32)}`;
+}
+
 async function pair(deps: AccountDeps, user: UserView, sessionId: string, refreshToken: string): Promise<TokenPair> {
   const { token, expiresIn } = await deps.tokens.sign(user.id, sessionId);
   return { access_token: token, token_type: "Bearer", expires_in: expiresIn, refresh_token: refreshToken, user: view(user) };
@@ -148,6 +155,13 @@ export async function changePassword(
 ): Promise<void> {
   const [user] = await deps.db.select().from(users).where(eq(users.id, actor.id)).limit(1);
   if (!user) throw unauthorized();
+  // A stolen access token must not become a way to guess the password at hashing speed.
+  const decision = await deps.limiter.decide([{ name: "login_account", key: accountBucket(deps, user.username), policy: deps.loginLimits.perAccount }]);
+  if (!decision.allowed) {
+    deps.metrics.rateLimitRefusals.inc({ reason: "login" });
+    await record(deps.db, { action: "auth.password_change", outcome: "rate_limited", actor, meta });
+    throw rateLimited("login", decision.retryAfterS, `too many password attempts; retry in ${Math.max(1, decision.retryAfterS)} s`);
+  }
   const { ok } = await deps.passwords.verify(user.passwordHash, input.current_password);
   if (!ok) {
     await record(deps.db, { action: "auth.password_change", outcome: "invalid", actor, meta, detail: { reason: "wrong_current_password" } });
@@ -206,6 +220,9 @@ export async function updateUser(
   patch: { role?: UserRole; disabled?: boolean; rate_limits?: { handle_create?: string | null; domain_enable?: string | null } },
 ): Promise<UserAdminView> {
   const updated = await deps.db.transaction(async (tx) => {
+    // Changes of role or disabled state are serialised, so that two admins demoting each other at
+    // once cannot both see the other as "another active admin" and leave none.
+    if (patch.role !== undefined || patch.disabled !== undefined) await tx.execute(sql`select pg_advisory_xact_lock(${0x41444d4e})`); // "ADMN"
     const [before] = await tx.select().from(users).where(eq(users.id, id)).for("update").limit(1);
     if (!before) throw notFound("user");
     const changes: Record<string, { from: unknown; to: unknown }> = {};

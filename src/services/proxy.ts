@@ -39,6 +39,8 @@ type Mapped = {
   outcome: AuditOutcome;
   upstreamStatus: number | null;
   keyRejected?: string;
+  /** upstream judged the call past its key check (200, 400, 404, 409, a 403 that is not an IP ban) */
+  keyAccepted?: boolean;
   pause?: { scope: string; seconds: number };
   /** an answer worth replaying to an idempotent repeat */
   keep: boolean;
@@ -82,14 +84,25 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
   } catch (err) {
     return refuse(err as AppError, "invalid");
   }
-  handle = typeof body.handle === "string" ? body.handle.trim().toLowerCase().slice(0, 128) : null;
-  domain = op === "domain_enable" && typeof body.domain === "string" ? body.domain.trim().toLowerCase().slice(0, 255) : null;
+  // What the refusal's record shows of an invalid value: bounded, and without NUL (which
+  // PostgreSQL cannot store; upstream's patterns refuse it anyway).
+  const shown = (v: unknown, max: number) => (typeof v === "string" ? v.replace(/\0/g, "").trim().toLowerCase().slice(0, max) : null);
+  handle = shown(body.handle, 128);
+  domain = op === "domain_enable" ? shown(body.domain, 255) : null;
   const upstreamBody: Record<string, string> = {};
   try {
     upstreamBody.handle = handle = normaliseHandle(body.handle);
     if (op === "domain_enable") upstreamBody.domain = domain = normaliseDomain(body.domain);
   } catch (err) {
     return refuse(err as AppError, "invalid");
+  }
+
+  const idemKey = op === "handle_create" ? req.idempotencyKey : undefined;
+  if (idemKey !== undefined && (idemKey.length < 1 || idemKey.length > MAX_IDEMPOTENCY_KEY || /[^\x21-\x7e]/.test(idemKey))) {
+    return refuse(
+      new AppError("invalid_params", `Idempotency-Key must be 1 to ${MAX_IDEMPOTENCY_KEY} visible ASCII characters`, { field: "Idempotency-Key" }),
+      "invalid",
+    );
   }
 
   // 2. Which key.
@@ -101,14 +114,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
   }
 
   // 3. Idempotency (create only): a replay never reaches the limits or upstream.
-  const idemKey = op === "handle_create" ? req.idempotencyKey : undefined;
   if (idemKey !== undefined) {
-    if (idemKey.length < 1 || idemKey.length > MAX_IDEMPOTENCY_KEY || /[^\x21-\x7e]/.test(idemKey)) {
-      return refuse(
-        new AppError("invalid_params", `Idempotency-Key must be 1 to ${MAX_IDEMPOTENCY_KEY} visible ASCII characters`, { field: "Idempotency-Key" }),
-        "invalid",
-      );
-    }
     const c = await claim(deps.db, user.id, idemKey, requestHash({ op, key: key.id, body: upstreamBody }), deps.config.upstreamTimeoutMs / 1000 + 60);
     if (c.kind === "mismatch") {
       return refuse(new AppError("idempotency_key_reused", "this Idempotency-Key was used with another request body"), "invalid");
@@ -159,7 +165,17 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     deps.metrics.upstreamRequests.inc({ operation: op, result: result.kind === "answer" ? String(result.status) : result.kind === "timeout" ? "timeout" : result.reason });
     deps.metrics.upstreamDuration.observe({ operation: op }, result.ms / 1000);
     if (mapped.outcome === "upstream_error") {
-      req.log.warn({ operation: op, key_id: key.id, result: result.kind, upstream_status: mapped.upstreamStatus, ms: Math.round(result.ms) }, "upstream call failed");
+      req.log.warn(
+        {
+          operation: op,
+          key_id: key.id,
+          result: result.kind,
+          ...(result.kind === "unavailable" ? { reason: result.reason, ...(result.code ? { code: result.code } : {}) } : {}),
+          upstream_status: mapped.upstreamStatus,
+          ms: Math.round(result.ms),
+        },
+        "upstream call failed",
+      );
     }
 
     // 7. The outcome. Upstream has acted by now: a failure to record it is logged, and the call
@@ -167,7 +183,9 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     const answerBody = mapped.answer instanceof AppError ? undefined : mapped.answer.body;
     const after = await Promise.allSettled([
       deps.auditWriter.recordOutcome(eventId, mapped.outcome, mapped.upstreamStatus, mapped.answer instanceof AppError ? { error: mapped.answer.code, ...(mapped.answer.extras.reason ? { reason: mapped.answer.extras.reason } : {}) } : undefined),
-      result.kind === "answer" ? deps.markKeyUsed(key.id, mapped.keyRejected ? { rejected: true, reason: mapped.keyRejected } : { rejected: false }) : Promise.resolve(),
+      result.kind === "answer"
+        ? deps.markKeyUsed(key.id, mapped.keyRejected ? { status: "rejected", reason: mapped.keyRejected } : { status: mapped.keyAccepted ? "ok" : "unchanged" })
+        : Promise.resolve(),
       mapped.pause ? pauseUpstream(deps.db, mapped.pause.scope, mapped.pause.seconds) : Promise.resolve(),
       idemKey !== undefined
         ? mapped.keep && answerBody !== undefined && !(mapped.answer instanceof AppError)
@@ -249,17 +267,26 @@ export function mapResult(result: UpstreamResult, op: UpstreamOperation, keyId: 
     return { ...fail("upstream_key_rejected", "Haltman refused the stored key; its owner must replace it", "upstream_error", 401, { reason }), keyRejected: reason };
   }
   if (status === 200 || status === 400 || status === 403 || status === 404 || status === 409) {
+    const ipBan = status === 403 && (result.json as { ban?: { ban_type?: unknown } }).ban?.ban_type === "ip";
     return {
       answer: { status, body: result.body.toString("utf8"), headers: jsonHeaders },
       outcome: status === 200 ? "success" : "upstream_refused",
       upstreamStatus: status,
       keep: true,
+      keyAccepted: !ipBan,
     };
   }
   return fail("upstream_error", `Haltman answered an unexpected ${status}`, "upstream_error", status, { upstream_status: status });
 }
 
+/** The longest pause we take from upstream's word: a bogus Retry-After must not stop us for days. */
+export const MAX_UPSTREAM_PAUSE_S = 300;
+
 function retryAfterSeconds(header: string | string[] | undefined): number {
+  return Math.min(MAX_UPSTREAM_PAUSE_S, parseRetryAfter(header));
+}
+
+function parseRetryAfter(header: string | string[] | undefined): number {
   const v = Array.isArray(header) ? header[0] : header;
   const n = v !== undefined && /^\d{1,6}$/.test(v.trim()) ? Number(v.trim()) : NaN;
   if (Number.isFinite(n)) return Math.max(1, n);

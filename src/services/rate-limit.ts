@@ -187,7 +187,13 @@ export function decide(ex: Executor, buckets: Bucket[], opts: DecideOptions = {}
 
 /** Drops buckets that have been full for an hour (a row of a bucket that is full is the same as no row). */
 export async function sweepBuckets(ex: Executor): Promise<number> {
-  const rows = await rowsOf<{ key: string }>(ex, sql`delete from rate_limit_buckets where tat < now() - interval '1 hour' returning key`);
+  // Key order and SKIP LOCKED: never a deadlock with rate_limit_decide(), never a row it holds.
+  const rows = await rowsOf<{ key: string }>(
+    ex,
+    sql`delete from rate_limit_buckets where key in (
+      select key from rate_limit_buckets where tat < now() - interval '1 hour' order by key for update skip locked)
+    returning key`,
+  );
   return rows.length;
 }
 

@@ -37,7 +37,11 @@ export function createSessionGate(db: Db, opts: { ttlMs?: number; now?: () => nu
   // Concurrent checks of one session share one query.
   const loading = new Map<string, Promise<SessionState | undefined>>();
 
+  // Bumped by forget(): a load that started before it must not cache what it read.
+  let generation = 0;
+
   async function load(sessionId: string): Promise<SessionState | undefined> {
+    const startedAt = generation;
     const rows = await db
       .select({
         userId: users.id,
@@ -59,6 +63,7 @@ export function createSessionGate(db: Db, opts: { ttlMs?: number; now?: () => nu
       role: r.role,
       active: !r.disabled && r.revokedAt === null && r.live === true,
     };
+    if (startedAt !== generation) return state; // answered for this request, not remembered
     if (cache.size >= maxEntries) cache.delete(cache.keys().next().value!);
     cache.set(sessionId, { state, at: now() });
     return state;
@@ -75,9 +80,15 @@ export function createSessionGate(db: Db, opts: { ttlMs?: number; now?: () => nu
       }
       return p;
     },
-    forget: (sessionId) => void cache.delete(sessionId),
+    forget(sessionId) {
+      generation++;
+      cache.delete(sessionId);
+      loading.delete(sessionId);
+    },
     forgetUser(userId) {
+      generation++;
       for (const [sid, v] of cache) if (v.state?.userId === userId) cache.delete(sid);
+      loading.clear();
     },
   };
 }

@@ -133,6 +133,7 @@ export async function keyFor(
   caller: Caller,
   keyId: string,
   need: "see" | "manage",
+  opts: { lock?: boolean } = {},
 ): Promise<{ key: typeof haltmanKeys.$inferSelect; ownerUsername: string; access: KeyAccess }> {
   if (!isUuid(keyId)) throw notFound("key");
   const query = ex
@@ -143,7 +144,7 @@ export async function keyFor(
     .limit(1);
   // Managing holds the key's row until the transaction ends: a grant and a deletion of the same
   // key are serialised (the loser sees not_found), never a foreign-key error.
-  const [r] = need === "manage" ? await query.for("update", { of: haltmanKeys }) : await query;
+  const [r] = need === "manage" && opts.lock !== false ? await query.for("update", { of: haltmanKeys }) : await query;
   if (!r) throw notFound("key");
   const access: KeyAccess | undefined =
     r.key.ownerId === caller.id ? "owner" : caller.role === "admin" ? "admin" : r.granted ? "grant" : undefined;
@@ -260,22 +261,27 @@ export async function userLimitOverrides(ex: Executor, userId: string): Promise<
  * call of a team shares would serialise them on its lock), and whether upstream accepted it (always
  * written when it changes). The marks of one tick share one statement.
  */
-export type KeyUsageMarker = (keyId: string, outcome: { rejected: false } | { rejected: true; reason: string }) => Promise<void>;
+export type KeyUsageMarker = (
+  keyId: string,
+  outcome: { status: "rejected"; reason: string } | { status: "ok" | "unchanged" },
+) => Promise<void>;
 
 export function createKeyUsageMarker(ex: Executor): KeyUsageMarker {
-  const mark = batched<{ keyId: string; status: "ok" | "rejected"; reason: string | null }, void>(async (items) => {
-    // The last word on each key wins within the group.
-    const marks = [...new Map(items.map((m) => [m.keyId, m])).values()];
-    await ex.execute(sql`update ${haltmanKeys} k set last_used_at = now(), status = v.status, status_reason = v.reason
-      from unnest(${pgArray(marks.map((m) => m.keyId))}::uuid[], ${pgArray(marks.map((m) => m.status))}::text[],
-        ${pgArray(marks.map((m) => m.reason))}::text[]) as v(id, status, reason)
+  const mark = batched<{ keyId: string; status: "ok" | "rejected" | "unchanged"; reason: string | null }, void>(async (items) => {
+    // The last word on each key wins within the group; rows are updated in key order, so two
+    // groups in flight at once cannot deadlock on each other.
+    const marks = [...new Map(items.map((m) => [m.keyId, m])).values()].sort((a, b) => (a.keyId < b.keyId ? -1 : 1));
+    await ex.execute(sql`update ${haltmanKeys} k set last_used_at = now(),
+        status = case when v.status = 'unchanged' then k.status else v.status end,
+        status_reason = case when v.status = 'unchanged' then k.status_reason else v.reason end
+      from (select * from unnest(${pgArray(marks.map((m) => m.keyId))}::uuid[], ${pgArray(marks.map((m) => m.status))}::text[],
+        ${pgArray(marks.map((m) => m.reason))}::text[]) as u(id, status, reason) order by id) as v
       where k.id = v.id
-        and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute' or k.status <> v.status
-             or k.status_reason is distinct from v.reason)`);
+        and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute'
+             or (v.status <> 'unchanged' and (k.status <> v.status or k.status_reason is distinct from v.reason)))`);
     return items.map(() => undefined);
   });
-  return (keyId, outcome) =>
-    mark({ keyId, status: outcome.rejected ? "rejected" : "ok", reason: outcome.rejected ? outcome.reason : null });
+  return (keyId, outcome) => mark({ keyId, status: outcome.status, reason: outcome.status === "rejected" ? outcome.reason : null });
 }
 
 export function isUuid(s: string): boolean {
@@ -337,7 +343,7 @@ const grantView = (g: typeof keyGrants.$inferSelect, u: { id: string; username: 
 });
 
 export async function listGrants(ex: Executor, caller: Caller, keyId: string): Promise<GrantView[]> {
-  const { key } = await keyFor(ex, caller, keyId, "manage");
+  const { key } = await keyFor(ex, caller, keyId, "manage", { lock: false });
   const rows = await ex
     .select({ g: keyGrants, username: users.username })
     .from(keyGrants)

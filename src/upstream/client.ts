@@ -15,7 +15,14 @@ export const UPSTREAM_PATHS: Record<UpstreamOperation, string> = {
 export type UpstreamResult =
   | { kind: "answer"; status: number; headers: Record<string, string | string[] | undefined>; body: Buffer; json: unknown; isJson: boolean; ms: number }
   | { kind: "timeout"; ms: number }
-  | { kind: "unavailable"; reason: "refused" | "reset" | "redirect" | "too_large" | "not_json" | "error"; status?: number; ms: number };
+  | {
+      kind: "unavailable";
+      reason: "refused" | "reset" | "redirect" | "too_large" | "not_json" | "error";
+      status?: number;
+      /** the transport's error code (TLS, DNS, a bad header value…), for the operator's log */
+      code?: string;
+      ms: number;
+    };
 
 export type UpstreamClient = {
   call(op: UpstreamOperation, input: { apiKey: string; requestId: string; body: Record<string, string> }): Promise<UpstreamResult>;
@@ -127,7 +134,7 @@ export function createUpstreamClient(opts: {
           if (code === "ECONNRESET" || code === "UND_ERR_SOCKET" || code === "EPIPE" || code === "UND_ERR_CLOSED") {
             return { kind: "unavailable", reason: "reset", ms };
           }
-          return { kind: "unavailable", reason: "error", ms };
+          return { kind: "unavailable", reason: "error", ...(code ? { code } : {}), ms };
         }
       }
     },

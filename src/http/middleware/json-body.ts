@@ -25,6 +25,8 @@ export function jsonBody<S extends z.ZodType>(schema: S): MiddlewareHandler<AppE
     if (value === null || typeof value !== "object" || Array.isArray(value)) {
       throw invalidParams("body", "the request body must be a JSON object");
     }
+    const nul = fieldWithNul(value);
+    if (nul !== undefined) throw invalidParams(nul, `${nul}: must not contain NUL characters`);
     const parsed = schema.safeParse(value);
     if (!parsed.success) {
       const issue = parsed.error.issues[0]!;
@@ -35,4 +37,20 @@ export function jsonBody<S extends z.ZodType>(schema: S): MiddlewareHandler<AppE
     c.set("body", parsed.data);
     await next();
   };
+}
+
+/**
+ * The first field (dotted path) whose string, or key, holds a NUL character: PostgreSQL cannot
+ * store one in text, so such input is refused here rather than failing in the database.
+ */
+export function fieldWithNul(value: unknown, path = ""): string | undefined {
+  if (typeof value === "string") return value.includes("\0") ? path || "body" : undefined;
+  if (value === null || typeof value !== "object") return undefined;
+  for (const [k, v] of Object.entries(value)) {
+    const here = path ? `${path}.${k}` : k;
+    if (k.includes("\0")) return here;
+    const found = fieldWithNul(v, here);
+    if (found !== undefined) return found;
+  }
+  return undefined;
 }

@@ -1,0 +1,55 @@
+// Behaviours fixed after a review: each test fails without its fix.
+import { sql } from "drizzle-orm";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseRatePolicy } from "../../src/config.js";
+import { rowsOf } from "../../src/db/client.js";
+import { expectErrorBody, startService, type Service } from "../helpers/harness.js";
+
+describe("accounts: review fixes", () => {
+  let svc: Service;
+  beforeAll(async () => {
+    svc = await startService({ loginLimits: { perAccount: parseRatePolicy("3/min")!, perAddress: parseRatePolicy("1000/min")! } });
+  });
+  afterAll(() => svc.close());
+
+  it("guessing the current password is throttled like logins (a stolen token cannot brute-force it)", async () => {
+    const u = await svc.addUser(svc.admin.token, "guesser");
+    const codes: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const r = await svc.call("POST", "/v1/auth/password", { token: u.token, json: { current_password: `wrong-${i}`, new_password: "another-password" } });
+      codes.push(r.status);
+      if (r.status === 429) {
+        expectErrorBody(r, 429, "rate_limited");
+        expect(r.json.reason).toBe("login");
+      }
+    }
+    // addUser's login spent one of the 3: two guesses are judged, then refused before any hashing
+    expect(codes).toEqual([400, 400, 429, 429, 429]);
+  });
+
+  it("a NUL character in a body field is 400 invalid_params naming it, and writes nothing", async () => {
+    const before = await rowsOf<{ n: number }>(svc.database.db, sql`select count(*)::int as n from users`);
+    const r = await svc.call("POST", "/v1/admin/users", { token: svc.admin.token, json: { username: "nul\u0000user", password: "password-1", role: "member" } });
+    expectErrorBody(r, 400, "invalid_params");
+    expect(r.json.field).toBe("username");
+    const k = await svc.call("POST", "/v1/keys", { token: svc.admin.token, json: { name: "a\u0000b", api_key: "e".repeat(64) } });
+    expectErrorBody(k, 400, "invalid_params");
+    expect(k.json.field).toBe("name");
+    const l = await svc.call("POST", "/v1/auth/login", { json: { username: "root\u0000", password: "x" } });
+    expectErrorBody(l, 400, "invalid_params");
+    const a = await svc.call("GET", "/v1/audit?handle=a%00b", { token: svc.admin.token });
+    expectErrorBody(a, 400, "invalid_params");
+    expect(a.json.field).toBe("handle");
+    const after = await rowsOf<{ n: number }>(svc.database.db, sql`select count(*)::int as n from users`);
+    expect(after[0]!.n).toBe(before[0]!.n);
+  });
+
+  it("the login bucket of a typed name is not a plain hash of it", async () => {
+    await svc.call("POST", "/v1/auth/login", { json: { username: "correct horse battery", password: "x-x-x-x-x" } });
+    const { createHash } = await import("node:crypto");
+    const plain = createHash("sha256").update("correct horse battery").digest("base64url");
+    const rows = await rowsOf<{ key: string }>(svc.database.db, sql`select key from rate_limit_buckets where key like 'login:account:%'`);
+    expect(rows.length).toBeGreaterThan(0);
+    for (const r of rows) expect(r.key).not.toContain(plain.slice(0, 20));
+  });
+});
