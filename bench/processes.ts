@@ -20,7 +20,10 @@ export type Child = { proc: ChildProcess; url: string; pid: number; peakRssMb():
 export async function startChild(args: string[], env: Record<string, string>, url: string, readyPath = "/healthz"): Promise<Child> {
   const proc = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
-  proc.stderr!.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
+  proc.stderr!.on("data", (d) => {
+    stderr = (stderr + d).slice(-4000);
+    if (process.env.CHILD_STDERR) process.stderr.write(d);
+  });
   const deadline = Date.now() + 60_000;
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`${args.join(" ")} exited ${proc.exitCode}: ${stderr}`);

@@ -4,7 +4,7 @@
 // (autocannon), prints one table and writes bench/RESULTS.md. A benchmark, not a test.
 import autocannon from "autocannon";
 import { randomBytes } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { sql } from "drizzle-orm";
 import { Keyring } from "../src/crypto/keyring.js";
@@ -235,7 +235,9 @@ async function main() {
     const machine = `${cpus().length} cores (${cpus()[0]?.model ?? "?"}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
     const report = `# Benchmark results\n\nRun of \`npm run bench\` on ${startedAt.toISOString().slice(0, 10)}: ${machine}; PostgreSQL on loopback; ${DURATION} s per load; ${USERS} users over ${KEYS} keys; simulator in fast mode; every process on the same cores.\n\n${table}\n\n${checkTable}\n`;
     process.stdout.write(`\n${report}\n`);
-    if (process.env.BENCH_WRITE !== "0") writeFileSync(new URL("./RESULTS.md", import.meta.url), report);
+    const analysis = new URL("./ANALYSIS.md", import.meta.url);
+    const withAnalysis = existsSync(analysis) ? `${report}\n${readFileSync(analysis, "utf8")}` : report;
+    if (process.env.BENCH_WRITE !== "0") writeFileSync(new URL("./RESULTS.md", import.meta.url), withAnalysis);
   } finally {
     await stopAll();
     await drop();
