@@ -1,0 +1,109 @@
+// The entry point as an operator runs it: a real process, embedded mode, signals.
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startSimulator, type Simulator } from "../../src/simulator/server.js";
+
+const ROOT = join(import.meta.dirname, "..", "..");
+const freePort = () =>
+  new Promise<number>((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+
+function run(env: Record<string, string>) {
+  const child = spawn(process.execPath, ["--import", "tsx", "src/index.ts"], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH!, HOME: process.env.HOME ?? "/tmp", LOG_LEVEL: "warn", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const out = { stdout: "", stderr: "" };
+  child.stdout!.on("data", (d) => (out.stdout += d));
+  child.stderr!.on("data", (d) => (out.stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  return { child, out, exited };
+}
+
+async function waitReady(url: string, child: ChildProcess) {
+  for (let i = 0; i < 300; i++) {
+    if (child.exitCode !== null) throw new Error("the service exited");
+    try {
+      if ((await fetch(url + "/readyz")).ok) return;
+    } catch {
+      // not yet listening
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("the service did not become ready");
+}
+
+describe("the service process", () => {
+  it("refuses a bad configuration with one line per bad variable, exit 78, never echoing a value", async () => {
+    const { out, exited } = run({ PORT: "not-a-port", RATE_LIMIT_KEY: "secretish-value/week", DATABASE_URL: "postgres://u:p@127.0.0.1:1/x" });
+    expect(await exited).toBe(78);
+    const lines = out.stderr.trim().split("\n");
+    expect(lines.filter((l) => l.startsWith("config: "))).toHaveLength(3); // PORT, RATE_LIMIT_KEY, VAULT_KEYRING
+    expect(out.stderr).toMatch(/PORT/);
+    expect(out.stderr).toMatch(/RATE_LIMIT_KEY/);
+    expect(out.stderr).toMatch(/VAULT_KEYRING/);
+    expect(out.stderr).not.toContain("secretish-value");
+  });
+
+  describe("embedded mode, first start", () => {
+    let dataDir: string;
+    let sim: Simulator;
+    let url: string;
+    let proc: ReturnType<typeof run>;
+    beforeAll(async () => {
+      dataDir = mkdtempSync(join(tmpdir(), "hbff-proc-"));
+      sim = await startSimulator({ keys: { ["b".repeat(64)]: "o@example.com" } });
+      const port = await freePort();
+      url = `http://127.0.0.1:${port}`;
+      proc = run({ DATA_DIR: dataDir, PORT: String(port), HALTMAN_BASE_URL: sim.url });
+      await waitReady(url, proc.child);
+    }, 60_000);
+    afterAll(async () => {
+      if (proc.child.exitCode === null) proc.child.kill("SIGKILL");
+      await sim.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    });
+
+    it("prints the admin's random password once, which logs in; the generated keyring is 0600", async () => {
+      const m = /username: admin\s+password: (\S+)/.exec(proc.out.stdout);
+      expect(m, proc.out.stdout).not.toBeNull();
+      const login = await fetch(url + "/v1/auth/login", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ username: "admin", password: m![1] }),
+      });
+      expect(login.status).toBe(200);
+      expect(statSync(join(dataDir, "vault-keyring")).mode & 0o777).toBe(0o600);
+      expect(proc.out.stdout).toMatch(/VAULT_KEYRING is not set/);
+    });
+
+    it("on SIGTERM finishes the request in flight, then exits 0", async () => {
+      const m = /password: (\S+)/.exec(proc.out.stdout)!;
+      const { access_token } = (await (
+        await fetch(url + "/v1/auth/login", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "admin", password: m[1] }) })
+      ).json()) as { access_token: string };
+      const auth = { authorization: `Bearer ${access_token}`, "content-type": "application/json" };
+      expect((await fetch(url + "/v1/keys", { method: "POST", headers: auth, body: JSON.stringify({ name: "k", api_key: "b".repeat(64) }) })).status).toBe(201);
+      sim.faults.push({ kind: "delay", ms: 1_000 });
+      const inFlight = fetch(url + "/api/handle/create", { method: "POST", headers: auth, body: JSON.stringify({ handle: "graceful" }) });
+      await new Promise((r) => setTimeout(r, 300));
+      proc.child.kill("SIGTERM");
+      const r = await inFlight;
+      expect(r.status).toBe(200);
+      const stopping = performance.now();
+      expect(await proc.exited).toBe(0);
+      // drained promptly: not held open by the client's idle keep-alive connection
+      expect(performance.now() - stopping).toBeLessThan(5_000);
+      await expect(fetch(url + "/healthz")).rejects.toThrow();
+    }, 30_000);
+  });
+});
