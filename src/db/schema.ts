@@ -204,6 +204,8 @@ export const idempotencyKeys = pgTable(
     userId: uuid("user_id").notNull(),
     key: text("key").notNull(),
     requestHash: bytea("request_hash").notNull(),
+    /** who holds the claim: only that request may complete or release it */
+    claimToken: uuid("claim_token"),
     /** in_flight until the answer is stored */
     state: text("state").$type<"in_flight" | "done">().notNull(),
     status: smallint("status"),

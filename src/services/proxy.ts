@@ -114,6 +114,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
   }
 
   // 3. Idempotency (create only): a replay never reaches the limits or upstream.
+  let claimToken: string | undefined;
   if (idemKey !== undefined) {
     const c = await claim(deps.db, user.id, idemKey, requestHash({ op, key: key.id, body: upstreamBody }), deps.config.upstreamTimeoutMs / 1000 + 60);
     if (c.kind === "mismatch") {
@@ -122,13 +123,14 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     if (c.kind === "in_flight") {
       return refuse(new AppError("conflict", "a request with this Idempotency-Key is still in flight"), "invalid", { reason: "idempotency_in_flight" });
     }
+    if (c.kind === "claimed") claimToken = c.token;
     if (c.kind === "replay") {
       const overrides = await userLimitOverrides(deps.db, user.id);
       const states = await peekStates(deps.db, callBuckets(deps.config, op, user.id, overrides, key.id));
       return { status: c.status, body: c.body, headers: { ...jsonHeaders, "Idempotent-Replayed": "true", ...rateLimitHeaders(states) } };
     }
   }
-  const releaseClaim = () => (idemKey !== undefined ? release(deps.db, user.id, idemKey) : Promise.resolve());
+  const releaseClaim = () => (idemKey !== undefined && claimToken ? release(deps.db, user.id, idemKey, claimToken) : Promise.resolve());
 
   try {
     // 4. Rate limits and upstream's pauses, decided together inside the database...
@@ -189,7 +191,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
       mapped.pause ? pauseUpstream(deps.db, mapped.pause.scope, mapped.pause.seconds) : Promise.resolve(),
       idemKey !== undefined
         ? mapped.keep && answerBody !== undefined && !(mapped.answer instanceof AppError)
-          ? complete(deps.db, user.id, idemKey, mapped.answer.status, answerBody)
+          ? complete(deps.db, user.id, idemKey, claimToken!, mapped.answer.status, answerBody)
           : releaseClaim()
         : Promise.resolve(),
     ]);
