@@ -153,16 +153,19 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     }
 
     // 6. Upstream, with the key opened for this call only.
-    let result: UpstreamResult;
+    let apiKey: string;
     try {
-      result = await deps.upstream.call(op, { apiKey: key.open(), requestId: meta.requestId, body: upstreamBody });
+      apiKey = key.open();
     } catch (err) {
-      // A key that fails to open: nothing was sent. Logged without material.
+      // Tampered, moved, or sealed under an entry we lack: nothing is sent. Logged without material.
       req.log.error({ err: describeError(err), key_id: key.id }, "stored key failed to open; nothing sent upstream");
       await deps.auditWriter.recordOutcome(eventId, "upstream_error", null, { error: "internal_error", reason: "key_unsealable" }).catch(() => {});
       await releaseClaim().catch(() => {});
-      throw new AppError("internal_error", "the stored key could not be opened; nothing was sent upstream");
+      const e = new AppError("internal_error", "the stored key could not be opened; nothing was sent upstream");
+      e.headers = limitHeaders;
+      throw e;
     }
+    const result: UpstreamResult = await deps.upstream.call(op, { apiKey, requestId: meta.requestId, body: upstreamBody });
     const mapped = mapResult(result, op, key.id);
     deps.metrics.upstreamRequests.inc({ operation: op, result: result.kind === "answer" ? String(result.status) : result.kind === "timeout" ? "timeout" : result.reason });
     deps.metrics.upstreamDuration.observe({ operation: op }, result.ms / 1000);

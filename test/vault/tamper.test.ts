@@ -73,6 +73,7 @@ async function expectFailsClosed(victim: keyof typeof ids, tamper: (row: KeyRow)
   try {
     expectErrorBody(r, 500, "internal_error");
     expect(Object.keys(r.json).sort()).toEqual(["error", "message", "request_id"]);
+    expect(r.headers.get("ratelimit"), "every proxied answer carries the RateLimit headers").toMatch(/"user";r=\d+;t=\d+/);
     expect(sim.received.length, "nothing may reach upstream").toBe(sent);
     const lines = svc.rawLogs.slice(logMark);
     const parsed = svc.logs.slice(logMark);
