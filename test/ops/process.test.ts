@@ -16,6 +16,22 @@ const freePort = () =>
     });
   });
 
+function cli(args: string[], env: Record<string, string>, stdin: string) {
+  const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", ...args], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH!, HOME: process.env.HOME ?? "/tmp", ...env },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d) => (stdout += d));
+  child.stderr!.on("data", (d) => (stderr += d));
+  child.stdin!.end(stdin);
+  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+    child.once("exit", (code) => resolve({ code, stdout, stderr })),
+  );
+}
+
 function run(env: Record<string, string>) {
   const child = spawn(process.execPath, ["--import", "tsx", "src/index.ts"], {
     cwd: ROOT,
@@ -106,4 +122,37 @@ describe("the service process", () => {
       await expect(fetch(url + "/healthz")).rejects.toThrow();
     }, 30_000);
   });
+
+  it("the CLI adds a user and resets a password (read from standard input, never trimmed); the service then logs them in", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "hbff-cli-"));
+    try {
+      const env = { DATA_DIR: dataDir, LOG_LEVEL: "warn" };
+      const add = await cli(["user", "add", "Alice", "--role", "admin"], env, " first password \n");
+      expect(add.code, add.stderr).toBe(0);
+      expect(add.stdout).toMatch(/created admin alice/);
+      const dup = await cli(["user", "add", "alice"], env, "another password\n");
+      expect(dup.code).not.toBe(0);
+      const short = await cli(["user", "passwd", "alice"], env, "short\n");
+      expect(short.code, "7 characters are refused").toBe(2);
+      const reset = await cli(["user", "passwd", "alice"], env, "second password\n");
+      expect(reset.code, reset.stderr).toBe(0);
+
+      const port = await freePort();
+      const url = `http://127.0.0.1:${port}`;
+      const proc = run({ DATA_DIR: dataDir, PORT: String(port) });
+      try {
+        await waitReady(url, proc.child);
+        expect(proc.out.stdout, "a user exists: no first-run admin is made").not.toMatch(/password:/);
+        const login = (password: string) =>
+          fetch(url + "/v1/auth/login", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "alice", password }) });
+        expect((await login(" first password ")).status).toBe(401);
+        expect((await login("second password")).status).toBe(200);
+      } finally {
+        proc.child.kill("SIGTERM");
+        await proc.exited;
+      }
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

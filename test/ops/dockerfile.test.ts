@@ -1,0 +1,30 @@
+// No Docker engine runs on the CI machine, so the image cannot be built here: this checks the
+// properties the Dockerfile must keep (issue 2) so that an edit cannot silently drop one.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+
+const text = readFileSync(join(import.meta.dirname, "..", "..", "Dockerfile"), "utf8");
+// One instruction a line: continuations joined, comments dropped.
+const lines = text
+  .replace(/\\\n\s*/g, " ")
+  .split("\n")
+  .filter((l) => !l.trim().startsWith("#"));
+const final = lines.slice(lines.map((l) => /^FROM /.test(l)).lastIndexOf(true));
+
+describe("Dockerfile", () => {
+  it("is multi-stage, on Node 24", () => {
+    expect(lines.filter((l) => /^FROM /.test(l)).length).toBeGreaterThanOrEqual(2);
+    for (const l of lines.filter((x) => /^FROM /.test(x))) expect(l).toMatch(/node:24/);
+  });
+  it("runs as a non-root user, node directly (so SIGTERM reaches it), with a HEALTHCHECK on /healthz", () => {
+    const user = final.find((l) => /^USER /.test(l));
+    expect(user).toBeDefined();
+    expect(user).not.toMatch(/\broot\b|\b0\b/);
+    expect(final.some((l) => /^HEALTHCHECK .*\/healthz/.test(l))).toBe(true);
+    expect(final.find((l) => /^CMD /.test(l))).toMatch(/\["node", "dist\/index\.js"\]/);
+  });
+  it("ships the migrations the service applies at start", () => {
+    expect(final.some((l) => /^COPY .*drizzle/.test(l))).toBe(true);
+  });
+});
