@@ -8,6 +8,7 @@ import { createDeps } from "./deps.js";
 import { createLogger, describeError } from "./log.js";
 import { sweepIdempotencyKeys } from "./services/idempotency.js";
 import { sweepBuckets, sweepPauses } from "./services/rate-limit.js";
+import { sweepSessions } from "./services/sessions.js";
 import { StartupError, ensureFirstAdmin, prepareDatabase } from "./startup.js";
 
 async function main() {
@@ -41,7 +42,7 @@ async function main() {
   // Housekeeping: rows that no longer change any decision (full buckets, spent idempotency keys,
   // pauses in the past). Any instance may run it; the statements are idempotent.
   const sweeper = setInterval(() => {
-    Promise.all([sweepBuckets(database.db), sweepIdempotencyKeys(database.db), sweepPauses(database.db)]).catch((err) =>
+    Promise.all([sweepBuckets(database.db), sweepIdempotencyKeys(database.db), sweepPauses(database.db), sweepSessions(database.db)]).catch((err) =>
       log.warn({ err: describeError(err) }, "housekeeping sweep failed"),
     );
   }, 10 * 60_000);

@@ -158,3 +158,12 @@ export async function revokeSessions(
   const rows = await ex.update(sessions).set({ revokedAt: new Date(), revokedReason: reason }).where(where).returning({ id: sessions.id });
   return rows.length;
 }
+
+/**
+ * Housekeeping: sessions ended (expired or revoked) a week ago, with their refresh tokens, and
+ * refresh tokens past their own expiry (a spent one is kept until then to catch its reuse).
+ */
+export async function sweepSessions(ex: Executor): Promise<void> {
+  await ex.execute(sql`delete from sessions where expires_at < now() - interval '7 days' or revoked_at < now() - interval '7 days'`);
+  await ex.execute(sql`delete from refresh_tokens where expires_at < now() - interval '1 day'`);
+}
