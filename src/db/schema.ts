@@ -223,18 +223,3 @@ export const upstreamPauses = pgTable("upstream_pauses", {
   scope: text("scope").primaryKey(),
   until: ts("until").notNull(),
 });
-
-export const schemaTables = {
-  users,
-  sessions,
-  refreshTokens,
-  signingKeys,
-  rateLimitBuckets,
-  auditEvents,
-  auditEventOutcomes,
-  haltmanKeys,
-  keyGrants,
-  vaultSecrets,
-  idempotencyKeys,
-  upstreamPauses,
-};

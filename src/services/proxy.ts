@@ -68,7 +68,8 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     });
     if (Object.keys(err.headers).length === 0) {
       try {
-        const overrides = await userLimitOverrides(deps.db, user.id);
+        // Key choice reads the caller's overrides; before it, they are read for the headers.
+        const overrides = key ? key.userLimits : await userLimitOverrides(deps.db, user.id);
         err.headers = rateLimitHeaders(await peekStates(deps.db, callBuckets(deps.config, op, user.id, overrides, key?.id)));
       } catch {
         // the refusal stands without its headers
@@ -125,8 +126,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     }
     if (c.kind === "claimed") claimToken = c.token;
     if (c.kind === "replay") {
-      const overrides = await userLimitOverrides(deps.db, user.id);
-      const states = await peekStates(deps.db, callBuckets(deps.config, op, user.id, overrides, key.id));
+      const states = await peekStates(deps.db, callBuckets(deps.config, op, user.id, key.userLimits, key.id));
       return { status: c.status, body: c.body, headers: { ...jsonHeaders, "Idempotent-Replayed": "true", ...rateLimitHeaders(states) } };
     }
   }

@@ -14,6 +14,7 @@ import {
   type FlattenedJWSInput,
 } from "jose";
 import type { Keyring } from "../crypto/keyring.js";
+import { isUuid } from "../ids.js";
 import type { Db } from "../db/client.js";
 import { signingKeys } from "../db/schema.js";
 
@@ -22,7 +23,6 @@ export const ACCESS_TOKEN_ALG = "ES256";
 export const CLOCK_TOLERANCE_S = 30;
 /** A bearer token longer than this is refused before any parsing (ours are about 400 bytes). */
 export const MAX_TOKEN_LENGTH = 2048;
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export type AccessClaims = { sub: string; sid: string; jti: string; iat: number; exp: number };
 
@@ -152,7 +152,7 @@ export async function createTokenService(opts: {
         return undefined;
       }
       // Ours are UUIDs; anything else cannot name a session or a user (and must not reach SQL as one).
-      if (typeof payload.sid !== "string" || !UUID_RE.test(payload.sid) || typeof payload.sub !== "string" || !UUID_RE.test(payload.sub)) return undefined;
+      if (typeof payload.sid !== "string" || !isUuid(payload.sid) || typeof payload.sub !== "string" || !isUuid(payload.sub)) return undefined;
       if (typeof payload.jti !== "string") return undefined;
       const claims: AccessClaims = { sub: payload.sub, sid: payload.sid, jti: payload.jti, iat: payload.iat!, exp: payload.exp! };
       if (verified.size >= cacheSize) verified.delete(verified.keys().next().value!);

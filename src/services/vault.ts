@@ -9,6 +9,7 @@ import { haltmanKeys, keyGrants, users, vaultSecrets, type UserRateLimits } from
 import { AppError, conflict, forbidden, invalidParams, notFound } from "../errors.js";
 import { hasCode, isUniqueViolation } from "./accounts.js";
 import { record, type RequestMeta } from "./audit.js";
+import { isUuid } from "../ids.js";
 import { batched } from "./batch.js";
 
 export type Vault = { keyring: Keyring; fingerprintSecret: Buffer };
@@ -125,14 +126,13 @@ export async function listKeys(ex: Executor, caller: Caller, all: boolean): Prom
 export type KeyAccess = "owner" | "admin" | "grant";
 
 /**
- * The key as the caller may see it, and how. A key the caller may not see is `not_found`, exactly
- * as a key that does not exist. `manage` asks for owner-or-admin: a grantee gets `forbidden`.
+ * The key for its owner or an admin to manage. A key the caller may not see is `not_found`, exactly
+ * as a key that does not exist; a grantee (who may see it) gets `forbidden`.
  */
-export async function keyFor(
+export async function keyToManage(
   ex: Executor,
   caller: Caller,
   keyId: string,
-  need: "see" | "manage",
   opts: { lock?: boolean } = {},
 ): Promise<{ key: typeof haltmanKeys.$inferSelect; ownerUsername: string; access: KeyAccess }> {
   if (!isUuid(keyId)) throw notFound("key");
@@ -144,18 +144,18 @@ export async function keyFor(
     .limit(1);
   // Managing holds the key's row until the transaction ends: a grant and a deletion of the same
   // key are serialised (the loser sees not_found), never a foreign-key error.
-  const [r] = need === "manage" && opts.lock !== false ? await query.for("update", { of: haltmanKeys }) : await query;
+  const [r] = opts.lock !== false ? await query.for("update", { of: haltmanKeys }) : await query;
   if (!r) throw notFound("key");
   const access: KeyAccess | undefined =
     r.key.ownerId === caller.id ? "owner" : caller.role === "admin" ? "admin" : r.granted ? "grant" : undefined;
   if (!access) throw notFound("key");
-  if (need === "manage" && access === "grant") throw forbidden("only the key's owner or an admin can do this");
+  if (access === "grant") throw forbidden("only the key's owner or an admin can do this");
   return { key: r.key, ownerUsername: r.ownerUsername, access };
 }
 
 export async function deleteKey(db: Db, caller: Caller, meta: RequestMeta, keyId: string): Promise<void> {
   await db.transaction(async (tx) => {
-    const { key } = await keyFor(tx, caller, keyId, "manage");
+    const { key } = await keyToManage(tx, caller, keyId);
     const deleted = await tx.delete(haltmanKeys).where(eq(haltmanKeys.id, key.id)).returning({ id: haltmanKeys.id });
     if (deleted.length === 0) throw notFound("key");
     await record(tx, {
@@ -284,9 +284,6 @@ export function createKeyUsageMarker(ex: Executor): KeyUsageMarker {
   return (keyId, outcome) => mark({ keyId, status: outcome.status, reason: outcome.status === "rejected" ? outcome.reason : null });
 }
 
-export function isUuid(s: string): boolean {
-  return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(s);
-}
 
 // ---- grants ----------------------------------------------------------------------------------
 
@@ -301,7 +298,7 @@ export async function createGrant(
 ): Promise<GrantView> {
   try {
     return await db.transaction(async (tx) => {
-      const { key } = await keyFor(tx, caller, keyId, "manage");
+      const { key } = await keyToManage(tx, caller, keyId);
       const [grantee] = await tx.select().from(users).where(eq(users.username, input.username.toLowerCase())).limit(1);
       if (!grantee) throw invalidParams("username", "no user of that name");
       if (grantee.id === key.ownerId) throw invalidParams("username", "the key's owner needs no grant");
@@ -343,7 +340,7 @@ const grantView = (g: typeof keyGrants.$inferSelect, u: { id: string; username: 
 });
 
 export async function listGrants(ex: Executor, caller: Caller, keyId: string): Promise<GrantView[]> {
-  const { key } = await keyFor(ex, caller, keyId, "manage", { lock: false });
+  const { key } = await keyToManage(ex, caller, keyId, { lock: false });
   const rows = await ex
     .select({ g: keyGrants, username: users.username })
     .from(keyGrants)
@@ -355,7 +352,7 @@ export async function listGrants(ex: Executor, caller: Caller, keyId: string): P
 
 export async function revokeGrant(db: Db, caller: Caller, meta: RequestMeta, keyId: string, grantId: string): Promise<void> {
   await db.transaction(async (tx) => {
-    const { key } = await keyFor(tx, caller, keyId, "manage");
+    const { key } = await keyToManage(tx, caller, keyId);
     if (!isUuid(grantId)) throw notFound("grant");
     const [g] = await tx
       .update(keyGrants)
