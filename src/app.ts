@@ -2,12 +2,12 @@
 // real dependencies and listens; tests build the same app over a test database.
 import { OpenAPIRegistry } from "@asteasolutions/zod-to-openapi";
 import { Hono, type Context } from "hono";
-import { bodyLimit } from "hono/body-limit";
 import { cors } from "hono/cors";
 import { HTTPException } from "hono/http-exception";
 import type { Deps } from "./deps.js";
 import { AppError, type ErrorCode } from "./errors.js";
 import type { AppEnv } from "./http/env.js";
+import { readBody } from "./http/middleware/body.js";
 import { requestContext } from "./http/middleware/request-context.js";
 import { auditRoutes } from "./http/routes/audit.js";
 import { authRoutes } from "./http/routes/auth.js";
@@ -15,7 +15,7 @@ import { keyRoutes } from "./http/routes/keys.js";
 import { opsRoutes } from "./http/routes/ops.js";
 import { proxyRoutes } from "./http/routes/proxy.js";
 import { userRoutes } from "./http/routes/users.js";
-import { describeError } from "./log.js";
+import { accessLogger, describeError } from "./log.js";
 
 export const MAX_BODY_BYTES = 32 * 1024;
 export const VERSION = "0.1.0";
@@ -55,6 +55,7 @@ export function createApp(deps: Deps) {
 
   // One log line and one metric sample per request. The path logged is the route pattern plus
   // the path without its query string (queries carry audit filters, nothing secret, but unbounded).
+  const access = accessLogger(deps.log);
   app.use(async (c, next) => {
     const started = performance.now();
     await next();
@@ -63,8 +64,9 @@ export function createApp(deps: Deps) {
     deps.metrics.httpRequests.inc({ route, method: c.req.method, status: String(c.res.status) });
     deps.metrics.httpDuration.observe({ route, method: c.req.method }, seconds);
     const user = c.get("user");
-    c.var.log.info(
+    access.info(
       {
+        request_id: c.get("requestId"),
         method: c.req.method,
         // A long segment that is not one of our ids may be a key or token pasted into a URL.
         path: c.req.path.replace(/[^/]{40,}/g, "[redacted]"),
@@ -100,14 +102,7 @@ export function createApp(deps: Deps) {
   }
 
   // First of the contract's checks: the size of the body, counted as it streams in.
-  app.use(
-    bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: (c) => {
-        throw new AppError("payload_too_large", `request bodies are limited to ${MAX_BODY_BYTES} bytes`);
-      },
-    }),
-  );
+  app.use(readBody(MAX_BODY_BYTES));
 
   app.route("/", opsRoutes(registry, { version: VERSION }));
   app.route("/", authRoutes(registry));
@@ -122,18 +117,18 @@ export function createApp(deps: Deps) {
     if (err instanceof AppError) {
       for (const [name, value] of Object.entries(err.headers)) c.header(name, value);
       if (err.extras.retry_after !== undefined) c.header("Retry-After", String(err.extras.retry_after));
-      if (err.status >= 500) c.var.log.warn({ err: describeError(err.cause ?? err), error: err.code }, err.message);
+      if (err.status >= 500) c.get("log").warn({ err: describeError(err.cause ?? err), error: err.code }, err.message);
       return c.json(errorBody(c, err.code, err.message, err.extras), err.status as 400);
     }
     if (isDatabaseUnavailable(err)) {
-      c.var.log.error({ err: describeError(err) }, "database unavailable");
+      c.get("log").error({ err: describeError(err) }, "database unavailable");
       return c.json(errorBody(c, "unavailable", "the service's database is unavailable; nothing was changed"), 503);
     }
     if (err instanceof HTTPException && err.status < 500) {
       const code: ErrorCode = err.status === 413 ? "payload_too_large" : err.status === 401 ? "unauthorized" : err.status === 404 ? "not_found" : "invalid_params";
       return c.json(errorBody(c, code, err.message || "bad request"), err.status);
     }
-    c.var.log.error({ err: describeError(err) }, "unhandled error");
+    c.get("log").error({ err: describeError(err) }, "unhandled error");
     return c.json(errorBody(c, "internal_error", "internal error; the request id identifies it in the service's logs"), 500);
   });
 

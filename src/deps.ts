@@ -8,9 +8,10 @@ import { createMetrics, type Metrics } from "./metrics.js";
 import { createPasswordHasher, type PasswordHasher } from "./services/passwords.js";
 import { createSessionGate, type SessionGate } from "./services/sessions.js";
 import { createTokenService, type TokenService } from "./services/tokens.js";
+import { createAdmission, type Admitter } from "./services/admission.js";
 import { createLimiter, type Limiter } from "./services/rate-limit.js";
 import { createAuditWriter, type AuditWriter } from "./services/audit.js";
-import { createKeyChooser, createKeyUsageMarker, loadVault, type KeyChooser, type KeyUsageMarker, type Vault } from "./services/vault.js";
+import { createKeyChooser, loadVault, type KeyChooser, type Vault } from "./services/vault.js";
 import { createUpstreamClient, type UpstreamClient } from "./upstream/client.js";
 
 export type LoginLimits = { perAccount: RatePolicy; perAddress: RatePolicy };
@@ -33,10 +34,11 @@ export type Deps = {
   sessions: SessionGate;
   vault: Vault;
   upstream: UpstreamClient;
+  /** rate limits on their own (login throttling) */
   limiter: Limiter;
-  /** the proxied calls' data access, grouped per tick */
+  /** the proxied calls' data access, grouped (services/batch.ts) */
   chooseKey: KeyChooser;
-  markKeyUsed: KeyUsageMarker;
+  admit: Admitter;
   auditWriter: AuditWriter;
   loginLimits: LoginLimits;
 };
@@ -74,10 +76,10 @@ export async function createDeps(input: {
     tokens,
     sessions: createSessionGate(database.db, input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
     vault,
-    limiter: createLimiter(database.db),
-    chooseKey: createKeyChooser(database.db, vault),
-    markKeyUsed: createKeyUsageMarker(database.db),
-    auditWriter: createAuditWriter(database.db),
+    limiter: createLimiter(database),
+    chooseKey: createKeyChooser(database),
+    admit: createAdmission(database),
+    auditWriter: createAuditWriter(database),
     upstream:
       input.upstream ??
       createUpstreamClient({ baseUrl: config.haltmanBaseUrl, timeoutMs: config.upstreamTimeoutMs, bot: config.haltmanBot }),

@@ -28,6 +28,36 @@ export const REDACT_PATHS = [
   "*.token",
 ];
 
+/** What a request logs with: the service's logger, bound to the request id. */
+export type RequestLog = Pick<Logger, "trace" | "debug" | "info" | "warn" | "error" | "fatal">;
+
+/**
+ * The request's logger, made only when something is logged with it: most requests log nothing but
+ * their access line, which does not need it (a pino child costs its bindings' serialisation).
+ */
+export function lazyChild(parent: Logger, bindings: Record<string, unknown>): RequestLog {
+  let child: Logger | undefined;
+  const get = () => (child ??= parent.child(bindings));
+  return {
+    trace: (...a: Parameters<Logger["trace"]>) => get().trace(...a),
+    debug: (...a: Parameters<Logger["debug"]>) => get().debug(...a),
+    info: (...a: Parameters<Logger["info"]>) => get().info(...a),
+    warn: (...a: Parameters<Logger["warn"]>) => get().warn(...a),
+    error: (...a: Parameters<Logger["error"]>) => get().error(...a),
+    fatal: (...a: Parameters<Logger["fatal"]>) => get().fatal(...a),
+  } as RequestLog;
+}
+
+/**
+ * The access log: one line per request, of fields this service builds itself (method, route, a
+ * path with long segments blanked, status, time, address, ids), never an object from outside, so
+ * it skips the redaction pass, which costs about 30 us a line against 6 us for the line itself
+ * (pino 10 with @pinojs/redact, measured here): a fifth of a proxied call's logging budget.
+ */
+export function accessLogger(log: Logger): Logger {
+  return log.child({}, { redact: { paths: [] } });
+}
+
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   return pino(
     {

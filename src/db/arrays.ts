@@ -3,8 +3,16 @@
 // instead of once per group size, on either driver.
 
 export function pgArray(values: readonly (string | number | boolean | null)[]): string {
-  return `{${values.map(element).join(",")}}`;
+  // A loop and one string, not map/join: these are built for every grouped statement.
+  let out = "{";
+  for (let i = 0; i < values.length; i++) {
+    if (i > 0) out += ",";
+    out += element(values[i]!);
+  }
+  return out + "}";
 }
+
+const NEEDS_ESCAPE = /["\\]/;
 
 function element(v: string | number | boolean | null): string {
   if (v === null) return "NULL";
@@ -13,5 +21,5 @@ function element(v: string | number | boolean | null): string {
     return String(v);
   }
   if (typeof v === "boolean") return v ? "t" : "f";
-  return `"${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
+  return NEEDS_ESCAPE.test(v) ? `"${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"` : `"${v}"`;
 }

@@ -12,8 +12,21 @@ export type Tx = PgTransaction<PgQueryResultHKT, Schema, ExtractTablesWithRelati
 /** Anything a query can run on: the pool or an open transaction. */
 export type Executor = Db | Tx;
 
+/** A parameter of a raw statement: arrays travel as one text literal (see arrays.ts). */
+export type SqlParam = string | number | boolean | null;
+
+/**
+ * A constant SQL text with $1… parameters, run as a named prepared statement: parsed and planned
+ * once per connection, then one round trip per execution. (drizzle runs its queries unprepared on
+ * postgres.js: each one is parsed and planned again, after a describe round trip of its own.) For
+ * the hot path's grouped statements only, whose texts are a fixed set: a text made per call would
+ * leave a prepared statement behind on every connection.
+ */
+export type RawQuery = <T>(text: string, params: readonly SqlParam[]) => Promise<T[]>;
+
 export type Database = {
   readonly db: Db;
+  readonly query: RawQuery;
   readonly kind: "pglite" | "postgres";
   /** the most connections the pool opens (1 for PGlite, which is one process) */
   readonly poolMax: number;
@@ -41,11 +54,16 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
     types: { bigint: postgres.BigInt },
     transform: { undefined: null },
     onnotice: () => {},
-    connection: { application_name: appName },
+    // Generic plans for prepared statements (and PL/pgSQL's): the grouped statements take arrays,
+    // whose custom plans PostgreSQL would otherwise keep re-making on every execution, since
+    // they look cheaper than a generic plan that assumes 100 elements. drizzle's own queries
+    // are unnamed one-shot statements, planned with their parameters whatever this says.
+    connection: { application_name: appName, plan_cache_mode: "force_generic_plan" },
   });
   const db = drizzle(client, { schema }) as unknown as Db;
   return {
     db,
+    query: <T>(text: string, params: readonly SqlParam[]) => client.unsafe(text, params as SqlParam[], { prepare: true }) as unknown as Promise<T[]>,
     kind: "postgres",
     poolMax: max,
     // postgres.js keeps no public pool statistics; the server knows this instance's connections.
@@ -67,9 +85,11 @@ export async function openPglite(dataDir: string | undefined, opts: { loadDataDi
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
   const client = await PGlite.create({ ...(dir ? { dataDir: dir } : {}), ...(opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {}) });
+  await client.exec("set plan_cache_mode = force_generic_plan"); // as on the server (see openPostgres)
   const db = drizzle(client, { schema }) as unknown as Db;
   return {
     db,
+    query: async <T>(text: string, params: readonly SqlParam[]) => (await client.query<T>(text, params as SqlParam[])).rows,
     kind: "pglite",
     poolMax: 1,
     poolConnections: async () => ({ active: client.closed ? 0 : 1 }),

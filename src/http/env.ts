@@ -1,5 +1,5 @@
-import type { Logger } from "pino";
 import type { Deps } from "../deps.js";
+import type { RequestLog } from "../log.js";
 import type { UserRole } from "../db/schema.js";
 import type { RequestMeta } from "../services/audit.js";
 
@@ -11,9 +11,11 @@ export type AppEnv = {
   Variables: {
     deps: Deps;
     requestId: string;
-    log: Logger;
+    log: RequestLog;
     clientIp: string | null;
     user: AuthUser;
+    /** the request body as text (empty when there is none), read by readBody() */
+    bodyText: string | undefined;
     /** the validated JSON body, set by jsonBody() */
     body: unknown;
   };

@@ -4,9 +4,9 @@
 import { randomUUID } from "node:crypto";
 import { and, desc, eq, gte, lte, or, sql, type SQL } from "drizzle-orm";
 import { pgArray } from "../db/arrays.js";
-import type { Executor } from "../db/client.js";
+import type { Database, Executor } from "../db/client.js";
 import { auditEventOutcomes, auditEvents } from "../db/schema.js";
-import { batched } from "./batch.js";
+import { batched, type BatchOptions } from "./batch.js";
 
 export type AuditAction =
   | "auth.login"
@@ -86,45 +86,90 @@ export async function recordOutcome(
   await ex.insert(auditEventOutcomes).values({ eventId, outcome, upstreamStatus, detail: detail ?? null });
 }
 
+/** What upstream's answer says of the key: when it was last used, and whether upstream accepted it. */
+export type KeyUse = { keyId: string; status: "ok" | "rejected" | "unchanged"; reason: string | null };
+
 /**
- * The audit writes of the proxied calls, grouped per tick into one multi-row INSERT per table.
- * Each caller's promise settles when the statement holding its row has committed: the record is
- * durable before the caller goes on (upstream is called only after its attempt is on record).
+ * The audit writes of the proxied calls, grouped (batch.ts) into one multi-row statement per
+ * group. Each caller's promise settles when the statement holding its row has committed: the
+ * record is durable before the caller goes on (upstream is called only after its attempt is on
+ * record, and answered only after its outcome is).
  */
 export type AuditWriter = {
   record(e: AuditInput): Promise<string>;
-  recordOutcome(eventId: string, outcome: AuditOutcome, upstreamStatus: number | null, detail?: Record<string, unknown>): Promise<void>;
+  /**
+   * The outcome of a call that went upstream, and in the same statement the key's use: its
+   * last_used_at, kept to the minute (rewriting a row that every call of a team shares would
+   * serialise them on its lock), and its status, written whenever upstream's answer changes it.
+   */
+  recordOutcome(eventId: string, outcome: AuditOutcome, upstreamStatus: number | null, detail?: Record<string, unknown>, keyUse?: KeyUse): Promise<void>;
 };
 
-export function createAuditWriter(ex: Executor): AuditWriter {
-  const col = <K extends keyof typeof auditEvents.$inferInsert>(rows: (typeof auditEvents.$inferInsert)[], k: K) =>
-    pgArray(rows.map((r) => (r[k] ?? null) as string | number | null));
+const INSERT_EVENTS = `insert into audit_events (id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id,
+    subject_id, handle, domain, upstream_status, ip, user_agent, detail)
+  select id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id, subject_id, handle, domain,
+    upstream_status, ip, user_agent, detail::jsonb
+  from unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::uuid[], $9::uuid[],
+    $10::text[], $11::text[], $12::smallint[], $13::text[], $14::text[], $15::text[])
+    as t(id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id, subject_id, handle, domain,
+      upstream_status, ip, user_agent, detail)`;
+
+const EVENT_COLUMNS = [
+  "id", "requestId", "actorId", "actorUsername", "action", "outcome", "keyId", "keyOwnerId", "subjectId", "handle", "domain",
+  "upstreamStatus", "ip", "userAgent",
+] as const;
+
+// One mark a key (the writer dedupes), updated in key order, so two groups in flight at once cannot
+// deadlock on each other.
+const INSERT_OUTCOMES = `with o as (
+    insert into audit_event_outcomes (event_id, outcome, upstream_status, detail)
+    select event_id, outcome, upstream_status, detail::jsonb
+    from unnest($1::uuid[], $2::text[], $3::smallint[], $4::text[]) as t(event_id, outcome, upstream_status, detail)
+  ),
+  m as (
+    update haltman_keys k set last_used_at = now(),
+      status = case when v.status = 'unchanged' then k.status else v.status end,
+      status_reason = case when v.status = 'unchanged' then k.status_reason else v.reason end
+    from (select * from unnest($5::uuid[], $6::text[], $7::text[]) as u(id, status, reason) order by id) as v
+    where k.id = v.id
+      and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute'
+           or (v.status <> 'unchanged' and (k.status <> v.status or k.status_reason is distinct from v.reason)))
+  )
+  select 1`;
+
+export function createAuditWriter(database: Pick<Database, "query">, opts: BatchOptions = {}): AuditWriter {
   const events = batched<typeof auditEvents.$inferInsert, string>(async (rows) => {
-    const detail = pgArray(rows.map((r) => (r.detail ? JSON.stringify(r.detail) : null)));
-    await ex.execute(sql`insert into audit_events (id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id,
-        subject_id, handle, domain, upstream_status, ip, user_agent, detail)
-      select id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id, subject_id, handle, domain,
-        upstream_status, ip, user_agent, detail::jsonb
-      from unnest(${col(rows, "id")}::uuid[], ${col(rows, "requestId")}::text[], ${col(rows, "actorId")}::uuid[],
-        ${col(rows, "actorUsername")}::text[], ${col(rows, "action")}::text[], ${col(rows, "outcome")}::text[],
-        ${col(rows, "keyId")}::uuid[], ${col(rows, "keyOwnerId")}::uuid[], ${col(rows, "subjectId")}::uuid[],
-        ${col(rows, "handle")}::text[], ${col(rows, "domain")}::text[], ${col(rows, "upstreamStatus")}::smallint[],
-        ${col(rows, "ip")}::text[], ${col(rows, "userAgent")}::text[], ${detail}::text[])
-        as t(id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id, subject_id, handle, domain,
-          upstream_status, ip, user_agent, detail)`);
+    await database.query(INSERT_EVENTS, [
+      ...EVENT_COLUMNS.map((k) => pgArray(rows.map((r) => (r[k] ?? null) as string | number | null))),
+      pgArray(rows.map((r) => (r.detail ? JSON.stringify(r.detail) : null))),
+    ]);
     return rows.map((r) => r.id!);
-  });
-  const outcomes = batched<typeof auditEventOutcomes.$inferInsert, void>(async (rows) => {
-    await ex.execute(sql`insert into audit_event_outcomes (event_id, outcome, upstream_status, detail)
-      select event_id, outcome, upstream_status, detail::jsonb
-      from unnest(${pgArray(rows.map((r) => r.eventId))}::uuid[], ${pgArray(rows.map((r) => r.outcome))}::text[],
-        ${pgArray(rows.map((r) => r.upstreamStatus ?? null))}::smallint[],
-        ${pgArray(rows.map((r) => (r.detail ? JSON.stringify(r.detail) : null)))}::text[]) as t(event_id, outcome, upstream_status, detail)`);
+  }, opts);
+  type Outcome = { eventId: string; outcome: AuditOutcome; upstreamStatus: number | null; detail: Record<string, unknown> | null; keyUse: KeyUse | undefined };
+  const outcomes = batched<Outcome, void>(async (rows) => {
+    // One mark a key: the last status upstream's answers set within the group (an answer that
+    // says nothing of the key does not undo one that did).
+    const byKey = new Map<string, KeyUse>();
+    for (const r of rows) {
+      if (!r.keyUse) continue;
+      const seen = byKey.get(r.keyUse.keyId);
+      if (!seen || r.keyUse.status !== "unchanged") byKey.set(r.keyUse.keyId, r.keyUse);
+    }
+    const uses = [...byKey.values()].sort((a, b) => (a.keyId < b.keyId ? -1 : a.keyId > b.keyId ? 1 : 0));
+    await database.query(INSERT_OUTCOMES, [
+      pgArray(rows.map((r) => r.eventId)),
+      pgArray(rows.map((r) => r.outcome)),
+      pgArray(rows.map((r) => r.upstreamStatus)),
+      pgArray(rows.map((r) => (r.detail ? JSON.stringify(r.detail) : null))),
+      pgArray(uses.map((u) => u.keyId)),
+      pgArray(uses.map((u) => u.status)),
+      pgArray(uses.map((u) => u.reason)),
+    ]);
     return rows.map(() => undefined);
-  });
+  }, opts);
   return {
     record: (e) => events(auditRow(e)),
-    recordOutcome: (eventId, outcome, upstreamStatus, detail) => outcomes({ eventId, outcome, upstreamStatus, detail: detail ?? null }),
+    recordOutcome: (eventId, outcome, upstreamStatus, detail, keyUse) => outcomes({ eventId, outcome, upstreamStatus, detail: detail ?? null, keyUse }),
   };
 }
 

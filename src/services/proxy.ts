@@ -4,17 +4,18 @@
 // outcome. Every refusal on the way is audited too, and carries the RateLimit headers.
 import { AppError, rateLimited, type ErrorCode } from "../errors.js";
 import type { Deps } from "../deps.js";
-import { describeError } from "../log.js";
+import { describeError, type RequestLog } from "../log.js";
 import type { UpstreamOperation, UpstreamResult } from "../upstream/client.js";
 import { normaliseDomain, normaliseHandle } from "../upstream/validation.js";
 import { randomUUID } from "node:crypto";
 import { auditRow, type AuditAction, type AuditOutcome, type RequestMeta } from "./audit.js";
 import { claim, complete, release, requestHash, MAX_IDEMPOTENCY_KEY } from "./idempotency.js";
 import { callBuckets, pauseScopes, rateLimitHeaders } from "./limits.js";
+import type { Admission } from "./admission.js";
 import { pauseUpstream, peekStates } from "./rate-limit.js";
-import { userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
+import { openStoredKey, userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
 
-export type ProxyDeps = Pick<Deps, "db" | "config" | "metrics" | "limiter" | "upstream" | "chooseKey" | "markKeyUsed" | "auditWriter">;
+export type ProxyDeps = Pick<Deps, "db" | "config" | "metrics" | "admit" | "upstream" | "chooseKey" | "auditWriter" | "vault">;
 
 export type ProxyRequest = {
   user: Caller;
@@ -25,7 +26,7 @@ export type ProxyRequest = {
   keyIdHeader: string | undefined;
   idempotencyKey: string | undefined;
   /** the request's logger (it carries the request id) */
-  log: Deps["log"];
+  log: RequestLog;
 };
 
 export type ProxyAnswer = { status: number; body: string; headers: Record<string, string> };
@@ -106,44 +107,78 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     );
   }
 
-  // 2. Which key.
-  try {
-    key = await deps.chooseKey(user, req.keyIdHeader);
-  } catch (err) {
-    if (err instanceof AppError) return refuse(err, err.code === "key_required" ? "invalid" : "denied");
-    throw err;
-  }
+  // 2. Which key: this instance's last choice for the caller (checked by the admission below), or
+  // a fresh one. A call with an Idempotency-Key always chooses afresh: its claim names the key.
+  const chooseKey = async (fresh: boolean): Promise<ChosenKey> => {
+    try {
+      return await deps.chooseKey.choose(user, req.keyIdHeader, { fresh });
+    } catch (err) {
+      if (err instanceof AppError) return refuse(err, err.code === "key_required" ? "invalid" : "denied");
+      throw err;
+    }
+  };
+  let chosen = await chooseKey(idemKey !== undefined);
+  key = chosen;
 
   // 3. Idempotency (create only): a replay never reaches the limits or upstream.
   let claimToken: string | undefined;
-  if (idemKey !== undefined) {
-    const c = await claim(deps.db, user.id, idemKey, requestHash({ op, key: key.id, body: upstreamBody }), deps.config.upstreamTimeoutMs / 1000 + 60);
+  let claimedFor: string | undefined;
+  // Settles the claim once: released (the client may retry) unless completed with an answer.
+  const takeClaim = () => {
+    const t = claimToken;
+    claimToken = claimedFor = undefined;
+    return t;
+  };
+  const releaseClaim = async () => {
+    const t = takeClaim();
+    if (idemKey !== undefined && t) await release(deps.db, user.id, idemKey, t);
+  };
+  const claimFor = async (k: ChosenKey): Promise<ProxyAnswer | undefined> => {
+    if (idemKey === undefined || claimedFor === k.id) return undefined;
+    if (claimToken) await releaseClaim();
+    claimToken = undefined;
+    const c = await claim(deps.db, user.id, idemKey, requestHash({ op, key: k.id, body: upstreamBody }), deps.config.upstreamTimeoutMs / 1000 + 60);
     if (c.kind === "mismatch") {
       return refuse(new AppError("idempotency_key_reused", "this Idempotency-Key was used with another request body"), "invalid");
     }
     if (c.kind === "in_flight") {
       return refuse(new AppError("conflict", "a request with this Idempotency-Key is still in flight"), "invalid", { reason: "idempotency_in_flight" });
     }
-    if (c.kind === "claimed") claimToken = c.token;
     if (c.kind === "replay") {
-      const states = await peekStates(deps.db, callBuckets(deps.config, op, user.id, key.userLimits, key.id));
+      const states = await peekStates(deps.db, callBuckets(deps.config, op, user.id, k.userLimits, k.id));
       return { status: c.status, body: c.body, headers: { ...jsonHeaders, "Idempotent-Replayed": "true", ...rateLimitHeaders(states) } };
     }
-  }
-  const releaseClaim = () => (idemKey !== undefined && claimToken ? release(deps.db, user.id, idemKey, claimToken) : Promise.resolve());
+    claimToken = c.token;
+    claimedFor = k.id;
+    return undefined;
+  };
 
   try {
-    // 4. Rate limits and upstream's pauses, decided together inside the database...
-    const buckets = callBuckets(deps.config, op, user.id, key.userLimits, key.id);
-    // 5. ...and in the same statement, the record: of the attempt when admitted (it is on record
-    // before anything leaves: no record, no call), of the refusal otherwise.
+    // 4. The admission, in one statement: the choice checked, the attempt recorded (no record, no
+    // call), the rate limits and upstream's pauses decided, a refusal recorded. A choice the
+    // database no longer agrees with is made again, fresh, and asked again.
     const eventId = randomUUID();
-    const decision = await deps.limiter.decide(buckets, {
-      pauses: pauseScopes(op, key.id),
-      audit: auditRow({ action, outcome: null, actor: user, meta, keyId: key.id, keyOwnerId: key.ownerId, handle, domain }, eventId),
-    });
+    let admission: Admission | undefined;
+    for (let round = 0; round < 3; round++) {
+      const replay = await claimFor(chosen);
+      if (replay) return replay;
+      admission = await deps.admit({
+        caller: user,
+        key: chosen,
+        buckets: callBuckets(deps.config, op, user.id, chosen.userLimits, chosen.id),
+        pauses: pauseScopes(op, chosen.id),
+        attempt: { eventId, action, handle, domain, meta },
+      });
+      if (admission.verified) break;
+      deps.chooseKey.forget(user, req.keyIdHeader);
+      key = undefined;
+      chosen = await chooseKey(true);
+      key = chosen;
+    }
+    if (!admission || !admission.verified) throw new AppError("unavailable", "the key to use kept changing while this call was decided; nothing was sent upstream");
+    const { decision } = admission;
     const limitHeaders = rateLimitHeaders(decision.states);
-    if (!decision.allowed) {
+    if (!decision.allowed || !admission.key) {
       const reason = decision.refusedBy ?? "global";
       deps.metrics.rateLimitRefusals.inc({ reason });
       const err = rateLimited(reason, decision.retryAfterS);
@@ -152,28 +187,27 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
       throw err;
     }
 
-    // 6. Upstream, with the key opened for this call only.
+    // 5. Upstream, with the key opened for this call only.
     let apiKey: string;
     try {
-      apiKey = key.open();
+      apiKey = openStoredKey(deps.vault, admission.key);
     } catch (err) {
       // Tampered, moved, or sealed under an entry we lack: nothing is sent. Logged without material.
-      req.log.error({ err: describeError(err), key_id: key.id }, "stored key failed to open; nothing sent upstream");
+      req.log.error({ err: describeError(err), key_id: chosen.id }, "stored key failed to open; nothing sent upstream");
       await deps.auditWriter.recordOutcome(eventId, "upstream_error", null, { error: "internal_error", reason: "key_unsealable" }).catch(() => {});
-      await releaseClaim().catch(() => {});
       const e = new AppError("internal_error", "the stored key could not be opened; nothing was sent upstream");
       e.headers = limitHeaders;
       throw e;
     }
     const result: UpstreamResult = await deps.upstream.call(op, { apiKey, requestId: meta.requestId, body: upstreamBody });
-    const mapped = mapResult(result, op, key.id);
+    const mapped = mapResult(result, op, chosen.id);
     deps.metrics.upstreamRequests.inc({ operation: op, result: result.kind === "answer" ? String(result.status) : result.kind === "timeout" ? "timeout" : result.reason });
     deps.metrics.upstreamDuration.observe({ operation: op }, result.ms / 1000);
     if (mapped.outcome === "upstream_error") {
       req.log.warn(
         {
           operation: op,
-          key_id: key.id,
+          key_id: chosen.id,
           result: result.kind,
           ...(result.kind === "unavailable" ? { reason: result.reason, ...(result.code ? { code: result.code } : {}) } : {}),
           upstream_status: mapped.upstreamStatus,
@@ -187,14 +221,22 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     // stays in the audit log as `unknown`, but the caller still gets upstream's answer.
     const answerBody = mapped.answer instanceof AppError ? undefined : mapped.answer.body;
     const after = await Promise.allSettled([
-      deps.auditWriter.recordOutcome(eventId, mapped.outcome, mapped.upstreamStatus, mapped.answer instanceof AppError ? { error: mapped.answer.code, ...(mapped.answer.extras.reason ? { reason: mapped.answer.extras.reason } : {}) } : undefined),
-      result.kind === "answer"
-        ? deps.markKeyUsed(key.id, mapped.keyRejected ? { status: "rejected", reason: mapped.keyRejected } : { status: mapped.keyAccepted ? "ok" : "unchanged" })
-        : Promise.resolve(),
+      deps.auditWriter.recordOutcome(
+        eventId,
+        mapped.outcome,
+        mapped.upstreamStatus,
+        mapped.answer instanceof AppError ? { error: mapped.answer.code, ...(mapped.answer.extras.reason ? { reason: mapped.answer.extras.reason } : {}) } : undefined,
+        // What upstream's answer says of the key (nothing, when no answer came).
+        result.kind === "answer"
+          ? mapped.keyRejected
+            ? { keyId: chosen.id, status: "rejected", reason: mapped.keyRejected }
+            : { keyId: chosen.id, status: mapped.keyAccepted ? "ok" : "unchanged", reason: null }
+          : undefined,
+      ),
       mapped.pause ? pauseUpstream(deps.db, mapped.pause.scope, mapped.pause.seconds) : Promise.resolve(),
       idemKey !== undefined
         ? mapped.keep && answerBody !== undefined && !(mapped.answer instanceof AppError)
-          ? complete(deps.db, user.id, idemKey, claimToken!, mapped.answer.status, answerBody)
+          ? complete(deps.db, user.id, idemKey, takeClaim()!, mapped.answer.status, answerBody)
           : releaseClaim()
         : Promise.resolve(),
     ]);
@@ -209,7 +251,8 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     }
     return { ...mapped.answer, headers: { ...mapped.answer.headers, ...limitHeaders } };
   } catch (err) {
-    if (!(err instanceof AppError)) await releaseClaim().catch(() => {});
+    // Whatever stopped the call, a claim still held is given back (a no-op once settled).
+    await releaseClaim().catch(() => {});
     throw err;
   }
 }

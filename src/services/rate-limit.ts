@@ -3,12 +3,11 @@
 // admitted when TAT' = max(TAT, now) + n·T stays within one period of now, T = period / limit.
 // Several buckets are decided together in one statement that locks their rows in key order (no
 // deadlock between statements), and a refusal writes nothing (a refused call spends no quota).
-import { sql, type SQL } from "drizzle-orm";
+import { sql } from "drizzle-orm";
 import type { RatePolicy } from "../config.js";
 import { pgArray } from "../db/arrays.js";
-import { rowsOf, type Executor } from "../db/client.js";
-import type { auditEvents } from "../db/schema.js";
-import { batched } from "./batch.js";
+import { rowsOf, type Database, type Executor, type SqlParam } from "../db/client.js";
+import { batched, type BatchOptions } from "./batch.js";
 
 export type Bucket = { key: string; policy: RatePolicy; name: string };
 
@@ -33,65 +32,85 @@ export type Decision = {
   states: BucketState[];
 };
 
-type Row = { o_req: number; o_key: string; o_wait_ms: number; o_allowed: boolean; o_pause_ms: number | null };
+/** rate_limit_decide()'s answer: per request (allowed, pause), per input row (wait). */
+type Row = { o_allowed: (boolean | null)[] | null; o_pause_ms: number[] | null; o_wait_ms: number[] | null };
 
 export type DecideOptions = {
   cost?: number;
   pauses?: string[];
-  /**
-   * An audit row written by the same statement as the decision: as the attempt (outcome null)
-   * when the call is admitted, as `rate_limited` (with the reason) when it is refused. Decision
-   * and record are one atomic statement: no record, no quota spent, and the other way round.
-   */
-  audit?: AuditRow;
 };
 
-type AuditRow = typeof auditEvents.$inferInsert;
-
 export type Limiter = {
-  /** Decides one call; calls made in the same tick are decided together in one statement. */
+  /** Decides one call; calls made while a group is being decided are decided together, next. */
   decide(buckets: Bucket[], opts?: DecideOptions): Promise<Decision>;
 };
 
 type Pending = { buckets: Bucket[]; opts: DecideOptions };
 
-/**
- * Groups the decisions asked for in one event-loop tick into one call of rate_limit_decide(): one
- * round trip for all of them, the same exact answers as one at a time in arrival order (the
- * function admits greedily in that order, under row locks taken in key order).
- */
-export function createLimiter(ex: Executor, opts: { maxBatch?: number } = {}): Limiter {
-  const run = batched<Pending, Decision>(async (group) => {
-    const req: number[] = [], key: string[] = [], t: number[] = [], period: number[] = [], cost: number[] = [], name: string[] = [];
-    const pauseReq: number[] = [], pauseScope: string[] = [];
-    group.forEach((p, i) => {
-      for (const b of p.buckets) {
-        req.push(i);
-        key.push(b.key);
-        name.push(b.name);
-        t.push(b.policy.periodMs / b.policy.limit);
-        period.push(b.policy.periodMs);
-        cost.push(p.opts.cost ?? 1);
+const DECIDE = `select o_allowed, o_pause_ms, o_wait_ms
+  from rate_limit_decide($1::text[], $2::int[], $3::int[], $4::float8[], $5::float8[], $6::float8[], $7::int[], $8::text[])`;
+
+/** A group's buckets as rate_limit_decide() and proxy_admit() take them: each distinct bucket once. */
+export type BucketArrays = {
+  keys: string[];
+  req: number[];
+  idx: number[];
+  t: number[];
+  period: number[];
+  cost: number[];
+  name: string[];
+  pauseReq: number[];
+  pauseScope: string[];
+};
+
+export function bucketArrays(group: readonly { buckets: Bucket[]; cost?: number; pauses?: string[] }[]): BucketArrays {
+  const a: BucketArrays = { keys: [], req: [], idx: [], t: [], period: [], cost: [], name: [], pauseReq: [], pauseScope: [] };
+  const position = new Map<string, number>();
+  group.forEach((p, i) => {
+    for (const b of p.buckets) {
+      let k = position.get(b.key);
+      if (k === undefined) {
+        a.keys.push(b.key);
+        k = a.keys.length; // 1-based, as SQL arrays are
+        position.set(b.key, k);
       }
-      for (const s of p.opts.pauses ?? []) {
-        pauseReq.push(i);
-        pauseScope.push(s);
-      }
-    });
-    const decideCall = sql`rate_limit_decide(${pgArray(req)}::int[], ${pgArray(key)}::text[], ${pgArray(t)}::float8[],
-        ${pgArray(period)}::float8[], ${pgArray(cost)}::float8[], ${pgArray(pauseReq)}::int[], ${pgArray(pauseScope)}::text[])`;
-    const audited = group.flatMap((p, i) => (p.opts.audit ? [{ i, row: p.opts.audit }] : []));
-    const rows = await rowsOf<Row>(
-      ex,
-      audited.length === 0 ? sql`select * from ${decideCall}` : decideAndRecord(decideCall, { req, key, t, period, cost, name }, audited),
-    );
-    const byReq = new Map<number, Row[]>();
-    for (const r of rows) {
-      const list = byReq.get(Number(r.o_req)) ?? [];
-      list.push(r);
-      byReq.set(Number(r.o_req), list);
+      a.req.push(i);
+      a.idx.push(k);
+      a.name.push(b.name);
+      a.t.push(b.policy.periodMs / b.policy.limit);
+      a.period.push(b.policy.periodMs);
+      a.cost.push(p.cost ?? 1);
     }
-    return group.map((p, i) => toDecision(p, byReq.get(i) ?? []));
+    for (const s of p.pauses ?? []) {
+      a.pauseReq.push(i);
+      a.pauseScope.push(s);
+    }
+  });
+  return a;
+}
+
+/** The eight arguments of rate_limit_decide(), in its order. */
+const decideArgs = (a: BucketArrays): SqlParam[] => [
+  pgArray(a.keys), pgArray(a.req), pgArray(a.idx), pgArray(a.t), pgArray(a.period), pgArray(a.cost), pgArray(a.pauseReq), pgArray(a.pauseScope),
+];
+
+/**
+ * Groups the decisions asked for while a group is on its way into the next call of
+ * rate_limit_decide() (batch.ts): one round trip for all of them, the same exact answers as one at
+ * a time in arrival order (the function admits greedily in that order, under row locks taken in
+ * one fixed order).
+ */
+export function createLimiter(database: Pick<Database, "query">, opts: BatchOptions = {}): Limiter {
+  const run = batched<Pending, Decision>(async (group) => {
+    const [row] = await database.query<Row>(DECIDE, decideArgs(bucketArrays(group.map((p) => ({ buckets: p.buckets, ...p.opts })))));
+    // Waits come in input order: each request's, one per bucket, in the order it listed them.
+    const waits = (row?.o_wait_ms ?? []).map(Number);
+    let at = 0;
+    return group.map((p, i) => {
+      const mine = waits.slice(at, at + p.buckets.length);
+      at += p.buckets.length;
+      return toDecision(p.buckets, p.opts.cost ?? 1, row?.o_allowed?.[i] === true, Number(row?.o_pause_ms?.[i] ?? 0), mine);
+    });
   }, opts);
 
   return {
@@ -102,72 +121,25 @@ export function createLimiter(ex: Executor, opts: { maxBatch?: number } = {}): L
   };
 }
 
-/**
- * The decision and its audit rows in one statement. The refusal's reason is the bucket furthest
- * over its limit, or `upstream` when a pause holds the call back longer (as toDecision says it).
- */
-function decideAndRecord(
-  decideCall: SQL,
-  input: { req: number[]; key: string[]; t: number[]; period: number[]; cost: number[]; name: string[] },
-  audited: { i: number; row: AuditRow }[],
-): SQL {
-  const col = <K extends keyof AuditRow>(k: K) => pgArray(audited.map((a) => (a.row[k] ?? null) as string | number | null));
-  return sql`with d as materialized (select * from ${decideCall}),
-    inp as (
-      select * from unnest(${pgArray(input.req)}::int[], ${pgArray(input.key)}::text[], ${pgArray(input.t)}::float8[],
-        ${pgArray(input.period)}::float8[], ${pgArray(input.cost)}::float8[], ${pgArray(input.name)}::text[])
-        as i(req, key, t, period, cost, name)
-    ),
-    v as (
-      select d.o_req as req, bool_and(d.o_allowed) as ok, coalesce(max(d.o_pause_ms), 0) as pause_ms,
-        max(d.o_wait_ms + i.cost * i.t - i.period) as over,
-        (array_agg(i.name order by d.o_wait_ms + i.cost * i.t - i.period desc))[1] as worst
-      from d join inp i on i.req = d.o_req and i.key = d.o_key
-      group by d.o_req
-    ),
-    a as (
-      select * from unnest(${pgArray(audited.map((a) => a.i))}::int[], ${col("id")}::uuid[], ${col("requestId")}::text[],
-        ${col("actorId")}::uuid[], ${col("actorUsername")}::text[], ${col("action")}::text[], ${col("keyId")}::uuid[],
-        ${col("keyOwnerId")}::uuid[], ${col("handle")}::text[], ${col("domain")}::text[], ${col("ip")}::text[],
-        ${col("userAgent")}::text[])
-        as a(req, id, request_id, actor_id, actor_username, action, key_id, key_owner_id, handle, domain, ip, user_agent)
-    ),
-    ins as (
-      insert into audit_events (id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id, handle, domain, ip, user_agent, detail)
-      select a.id, a.request_id, a.actor_id, a.actor_username, a.action,
-        case when v.ok then null else 'rate_limited' end,
-        a.key_id, a.key_owner_id, a.handle, a.domain, a.ip, a.user_agent,
-        case when v.ok then null else jsonb_build_object('error', 'rate_limited', 'reason',
-          case when v.pause_ms > 0 and v.pause_ms >= greatest(v.over, 0) then 'upstream' else v.worst end) end
-      from a join v on v.req = a.req
-      returning 1
-    )
-    select * from d`;
-}
-
-function toDecision(p: Pending, rows: Row[]): Decision {
-  const cost = p.opts.cost ?? 1;
-  const waitByKey = new Map(rows.map((r) => [r.o_key, Number(r.o_wait_ms)]));
-  const allowed = rows.length > 0 && rows[0]!.o_allowed === true;
-  const pauseMs = rows[0]?.o_pause_ms == null ? 0 : Number(rows[0].o_pause_ms);
+/** What the database decided for one call, told as the service tells it (headers, Retry-After, reason). */
+export function toDecision(buckets: Bucket[], cost: number, allowed: boolean, pauseMs: number, waitMs: number[]): Decision {
   let retryMs = 0;
   let refusedBy: string | undefined;
   if (!allowed) {
-    for (const b of p.buckets) {
-      const wait = waitByKey.get(b.key) ?? 0;
-      const over = wait + cost * (b.policy.periodMs / b.policy.limit) - b.policy.periodMs;
+    buckets.forEach((b, j) => {
+      const over = (waitMs[j] ?? 0) + cost * (b.policy.periodMs / b.policy.limit) - b.policy.periodMs;
       if (over > retryMs) {
         retryMs = over;
         refusedBy = b.name;
       }
-    }
+    });
     if (pauseMs > 0 && pauseMs >= retryMs) {
       retryMs = pauseMs;
       refusedBy = "upstream";
     }
   }
-  const states = p.buckets.map((b) => {
-    const before = Math.max(0, waitByKey.get(b.key) ?? 0);
+  const states = buckets.map((b, j) => {
+    const before = Math.max(0, waitMs[j] ?? 0);
     return stateOf(b, allowed ? before + (cost * b.policy.periodMs) / b.policy.limit : before);
   });
   return {
@@ -180,8 +152,8 @@ function toDecision(p: Pending, rows: Row[]): Decision {
 }
 
 /** One decision on its own (tests, tools); the service uses one shared Limiter. */
-export function decide(ex: Executor, buckets: Bucket[], opts: DecideOptions = {}): Promise<Decision> {
-  return createLimiter(ex).decide(buckets, opts);
+export function decide(database: Pick<Database, "query">, buckets: Bucket[], opts: DecideOptions = {}): Promise<Decision> {
+  return createLimiter(database).decide(buckets, opts);
 }
 
 

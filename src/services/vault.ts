@@ -1,16 +1,16 @@
 // The key vault: stored Haltman keys, who may use them, and opening one for an upstream call.
 import { randomBytes, randomUUID } from "node:crypto";
 import { and, desc, eq, gt, isNull, or, sql, type SQL } from "drizzle-orm";
-import { fingerprint, openApiKey, sealApiKey } from "../crypto/envelope.js";
+import { fingerprint, openApiKey, sealApiKey, type KeyEnvelope, type KeyRowRef } from "../crypto/envelope.js";
 import type { Keyring } from "../crypto/keyring.js";
 import { pgArray } from "../db/arrays.js";
-import { rowsOf, type Db, type Executor } from "../db/client.js";
+import { type Database, type Db, type Executor } from "../db/client.js";
 import { haltmanKeys, keyGrants, users, vaultSecrets, type UserRateLimits } from "../db/schema.js";
 import { AppError, conflict, forbidden, invalidParams, notFound } from "../errors.js";
 import { hasCode, isUniqueViolation } from "./accounts.js";
 import { record, type RequestMeta } from "./audit.js";
 import { isUuid } from "../ids.js";
-import { batched } from "./batch.js";
+import { batched, type BatchOptions } from "./batch.js";
 
 export type Vault = { keyring: Keyring; fingerprintSecret: Buffer };
 export type Caller = { id: string; username: string; role: "admin" | "member" };
@@ -170,118 +170,105 @@ export async function deleteKey(db: Db, caller: Caller, meta: RequestMeta, keyId
   });
 }
 
-// ---- choosing and opening a key for a proxied call --------------------------------------------
+// ---- choosing a key for a proxied call -------------------------------------------------------
 
 export type ChosenKey = {
   id: string;
   ownerId: string;
   name: string;
-  /** the caller's own rate-limit overrides, read in the same query (an admin's change applies at once) */
-  userLimits: UserRateLimits | null;
-  /** opens the key for the one upstream call; never stored */
-  open(): string;
+  /** the caller's own rate-limit overrides, read with the choice */
+  userLimits: UserRateLimits;
+  /** chosen as the caller's only usable key (no X-Key-Id) */
+  only: boolean;
 };
 
 /**
  * The key a proxied call uses: the one named by X-Key-Id, or the caller's only usable key.
  * `key_required` when they may use several, `forbidden` when none, `not_found` for a key id they
  * may not use (owners and active grantees only: an admin's role manages keys, it does not use them).
- * Every call asks the database (a revoked or expired grant stops working at once, on every
- * instance); the calls of one tick share one query.
+ *
+ * A choice is remembered (never the key's material: that is read by the admission that uses it),
+ * and every use of it is checked by the admission statement (proxy_admit): a revoked or expired
+ * grant, a deleted key, a second usable key or a changed override makes the admission answer
+ * "stale", and the caller forgets the choice and asks again with `fresh`. So the memory saves a
+ * round trip on almost every call without ever deciding on what the database no longer says.
  */
-export type KeyChooser = (caller: Caller, keyIdHeader: string | undefined) => Promise<ChosenKey>;
-
-type KeyCandidate = {
-  i: number;
-  id: string | null;
-  owner_id: string | null;
-  name: string | null;
-  sealed_key: Uint8Array | null;
-  wrapped_dek: Uint8Array | null;
-  keyring_id: string | null;
-  rate_limits: UserRateLimits | string | null;
+export type KeyChooser = {
+  choose(caller: Caller, keyIdHeader: string | undefined, opts?: { fresh?: boolean }): Promise<ChosenKey>;
+  forget(caller: Caller, keyIdHeader: string | undefined): void;
 };
 
-export function createKeyChooser(ex: Executor, vault: Vault): KeyChooser {
+type KeyCandidate = { i: number; id: string | null; owner_id: string | null; name: string | null; rate_limits: UserRateLimits | string | null };
+
+// The candidates of each request of a group: up to two keys the user may use (owner, or an
+// active grant on the database's clock), with the user's rate-limit overrides.
+const KEY_CANDIDATES = `with req(i, uid, kid) as (select * from unnest($1::int[], $2::uuid[], $3::uuid[]))
+  select req.i, k.id, k.owner_id, k.name, u.rate_limits
+  from req
+  join users u on u.id = req.uid
+  left join lateral (
+    select k.id, k.owner_id, k.name from haltman_keys k
+    where (req.kid is null or k.id = req.kid)
+      and (k.owner_id = req.uid or exists (select 1 from key_grants g where g.key_id = k.id and g.user_id = req.uid
+        and g.revoked_at is null and (g.expires_at is null or g.expires_at > now())))
+    order by k.created_at
+    limit 2
+  ) k on true`;
+
+/** How long a choice is remembered unused; its correctness never depends on it (see KeyChooser). */
+const CHOICE_TTL_MS = 5 * 60_000;
+
+export function createKeyChooser(
+  database: Pick<Database, "query">,
+  opts: BatchOptions & { maxEntries?: number; now?: () => number } = {},
+): KeyChooser {
+  const maxEntries = opts.maxEntries ?? 20_000;
+  const now = opts.now ?? Date.now;
+  const remembered = new Map<string, { key: ChosenKey; at: number }>();
+  const cacheKey = (caller: Caller, keyId: string | undefined) => `${caller.id}|${keyId ?? ""}`;
+
   const lookup = batched<{ userId: string; keyId: string | null }, KeyCandidate[]>(async (reqs) => {
-    const rows = await rowsOf<KeyCandidate>(
-      ex,
-      sql`with req(i, uid, kid) as (
-          select * from unnest(${pgArray(reqs.map((_, i) => i))}::int[], ${pgArray(reqs.map((r) => r.userId))}::uuid[],
-            ${pgArray(reqs.map((r) => r.keyId))}::uuid[]))
-        select req.i, k.id, k.owner_id, k.name, k.sealed_key, k.wrapped_dek, k.keyring_id, u.rate_limits
-        from req
-        join ${users} u on u.id = req.uid
-        left join lateral (
-          select * from ${haltmanKeys} k
-          where (req.kid is null or k.id = req.kid)
-            and (k.owner_id = req.uid or ${activeGrant(sql`k.id`, sql`req.uid`)})
-          order by k.created_at
-          limit 2
-        ) k on true`,
-    );
+    const rows = await database.query<KeyCandidate>(KEY_CANDIDATES, [
+      pgArray(reqs.map((_, i) => i)),
+      pgArray(reqs.map((r) => r.userId)),
+      pgArray(reqs.map((r) => r.keyId)),
+    ]);
     const byReq: KeyCandidate[][] = reqs.map(() => []);
     for (const r of rows) byReq[Number(r.i)]!.push(r);
     return byReq;
-  });
+  }, opts);
 
-  return async (caller, keyIdHeader) => {
-    const keyId = keyIdHeader?.trim();
-    if (keyId !== undefined && !isUuid(keyId)) throw notFound("key");
-    const found = (await lookup({ userId: caller.id, keyId: keyId ?? null })).filter((r) => r.id !== null);
-    if (keyId !== undefined && found.length === 0) throw notFound("key");
-    if (found.length === 0) throw forbidden("you may use no Haltman key: ask a key owner for a grant");
-    if (found.length > 1) throw new AppError("key_required", "you may use several keys: name one with the X-Key-Id header");
-    const row = found[0]!;
-    const limits = typeof row.rate_limits === "string" ? (JSON.parse(row.rate_limits) as UserRateLimits) : row.rate_limits;
-    const envelope = {
-      id: row.id!,
-      ownerId: row.owner_id!,
-      sealedKey: Buffer.from(row.sealed_key!),
-      wrappedDek: Buffer.from(row.wrapped_dek!),
-      keyringId: row.keyring_id!,
-    };
-    return {
-      id: envelope.id,
-      ownerId: envelope.ownerId,
-      name: row.name!,
-      userLimits: limits,
-      open: () => openApiKey(vault.keyring, envelope),
-    };
+  return {
+    async choose(caller, keyIdHeader, o = {}) {
+      const keyId = keyIdHeader?.trim();
+      if (keyId !== undefined && !isUuid(keyId)) throw notFound("key");
+      const ck = cacheKey(caller, keyId);
+      const hit = remembered.get(ck);
+      if (hit && !o.fresh && now() - hit.at < CHOICE_TTL_MS) return hit.key;
+      const found = (await lookup({ userId: caller.id, keyId: keyId ?? null })).filter((r) => r.id !== null);
+      if (keyId !== undefined && found.length === 0) throw notFound("key");
+      if (found.length === 0) throw forbidden("you may use no Haltman key: ask a key owner for a grant");
+      if (found.length > 1) throw new AppError("key_required", "you may use several keys: name one with the X-Key-Id header");
+      const row = found[0]!;
+      const limits = (typeof row.rate_limits === "string" ? JSON.parse(row.rate_limits) : row.rate_limits) as UserRateLimits | null;
+      const key: ChosenKey = { id: row.id!, ownerId: row.owner_id!, name: row.name!, userLimits: limits ?? {}, only: keyId === undefined };
+      remembered.delete(ck);
+      if (remembered.size >= maxEntries) remembered.delete(remembered.keys().next().value!);
+      remembered.set(ck, { key, at: now() });
+      return key;
+    },
+    forget(caller, keyIdHeader) {
+      remembered.delete(cacheKey(caller, keyIdHeader?.trim()));
+    },
   };
 }
+
+/** Opens a stored key, from the material its admission read, for the one upstream call. */
+export const openStoredKey = (vault: Vault, key: KeyRowRef & KeyEnvelope) => openApiKey(vault.keyring, key);
 
 export async function userLimitOverrides(ex: Executor, userId: string): Promise<UserRateLimits | null> {
   const [u] = await ex.select({ rateLimits: users.rateLimits }).from(users).where(eq(users.id, userId)).limit(1);
   return u?.rateLimits ?? null;
-}
-
-/**
- * After upstream answered: when the key was last used (to the minute: rewriting a row that every
- * call of a team shares would serialise them on its lock), and whether upstream accepted it (always
- * written when it changes). The marks of one tick share one statement.
- */
-export type KeyUsageMarker = (
-  keyId: string,
-  outcome: { status: "rejected"; reason: string } | { status: "ok" | "unchanged" },
-) => Promise<void>;
-
-export function createKeyUsageMarker(ex: Executor): KeyUsageMarker {
-  const mark = batched<{ keyId: string; status: "ok" | "rejected" | "unchanged"; reason: string | null }, void>(async (items) => {
-    // The last word on each key wins within the group; rows are updated in key order, so two
-    // groups in flight at once cannot deadlock on each other.
-    const marks = [...new Map(items.map((m) => [m.keyId, m])).values()].sort((a, b) => (a.keyId < b.keyId ? -1 : 1));
-    await ex.execute(sql`update ${haltmanKeys} k set last_used_at = now(),
-        status = case when v.status = 'unchanged' then k.status else v.status end,
-        status_reason = case when v.status = 'unchanged' then k.status_reason else v.reason end
-      from (select * from unnest(${pgArray(marks.map((m) => m.keyId))}::uuid[], ${pgArray(marks.map((m) => m.status))}::text[],
-        ${pgArray(marks.map((m) => m.reason))}::text[]) as u(id, status, reason) order by id) as v
-      where k.id = v.id
-        and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute'
-             or (v.status <> 'unchanged' and (k.status <> v.status or k.status_reason is distinct from v.reason)))`);
-    return items.map(() => undefined);
-  });
-  return (keyId, outcome) => mark({ keyId, status: outcome.status, reason: outcome.status === "rejected" ? outcome.reason : null });
 }
 
 

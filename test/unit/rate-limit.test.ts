@@ -19,7 +19,7 @@ const bucket = (text: string, name = "user"): Bucket => ({ key: `test:${name}:${
 
 async function sequential(buckets: Bucket[], n: number) {
   const out = [];
-  for (let i = 0; i < n; i++) out.push(await decide(database.db, buckets));
+  for (let i = 0; i < n; i++) out.push(await decide(database, buckets));
   return out;
 }
 
@@ -45,7 +45,7 @@ describe("decide()", () => {
   it("an admitted multi-bucket call spends in every bucket", async () => {
     const a = bucket("5/min", "user");
     const g = bucket("5/min", "global");
-    expect((await decide(database.db, [a, g])).allowed).toBe(true);
+    expect((await decide(database, [a, g])).allowed).toBe(true);
     // each bucket has 4 left
     expect((await sequential([a], 5)).map((r) => r.allowed)).toEqual([true, true, true, true, false]);
     expect((await sequential([g], 5)).map((r) => r.allowed)).toEqual([true, true, true, true, false]);
@@ -54,9 +54,9 @@ describe("decide()", () => {
   it("a refused multi-bucket call spends no quota in the bucket that would have admitted it", async () => {
     const tight = bucket("1/min", "key");
     const roomy = bucket("5/min", "user");
-    expect((await decide(database.db, [tight])).allowed).toBe(true); // tight is now empty
+    expect((await decide(database, [tight])).allowed).toBe(true); // tight is now empty
     for (let i = 0; i < 4; i++) {
-      const r = await decide(database.db, [roomy, tight]);
+      const r = await decide(database, [roomy, tight]);
       expect(r.allowed).toBe(false);
       expect(r.refusedBy).toBe("key");
       expect(r.states.find((s) => s.name === "user")!.remaining).toBe(5);
@@ -67,33 +67,33 @@ describe("decide()", () => {
 
   it("a refusal on first use of the other bucket creates it full, not spent", async () => {
     const tight = bucket("1/min", "key");
-    await decide(database.db, [tight]);
+    await decide(database, [tight]);
     const fresh = bucket("2/min", "user"); // never used: its row is created by this call
-    expect((await decide(database.db, [fresh, tight])).allowed).toBe(false);
+    expect((await decide(database, [fresh, tight])).allowed).toBe(false);
     expect((await sequential([fresh], 3)).map((r) => r.allowed)).toEqual([true, true, false]);
   });
 
   it("the bucket order given does not matter (rows are locked in key order)", async () => {
     const a = bucket("2/min", "a");
     const b = bucket("2/min", "b");
-    expect((await decide(database.db, [b, a])).allowed).toBe(true);
-    expect((await decide(database.db, [a, b])).allowed).toBe(true);
-    const third = await decide(database.db, [b, a]);
+    expect((await decide(database, [b, a])).allowed).toBe(true);
+    expect((await decide(database, [a, b])).allowed).toBe(true);
+    const third = await decide(database, [b, a]);
     expect(third.allowed).toBe(false);
     expect(third.states.map((s) => s.name)).toEqual(["b", "a"]); // states follow the caller's order
   });
 
   it("50 concurrent calls on a fresh bucket of limit 10 admit exactly 10", async () => {
     const b = bucket("10/min");
-    const results = await Promise.all(Array.from({ length: 50 }, () => decide(database.db, [b])));
+    const results = await Promise.all(Array.from({ length: 50 }, () => decide(database, [b])));
     expect(results.filter((r) => r.allowed)).toHaveLength(10);
-    expect((await decide(database.db, [b])).allowed).toBe(false);
+    expect((await decide(database, [b])).allowed).toBe(false);
   });
 
   it("50 concurrent calls on an existing bucket of limit 10 admit exactly 10", async () => {
     const b = bucket("11/min");
-    expect((await decide(database.db, [b])).allowed).toBe(true); // the row exists, 10 left
-    const results = await Promise.all(Array.from({ length: 50 }, () => decide(database.db, [b])));
+    expect((await decide(database, [b])).allowed).toBe(true); // the row exists, 10 left
+    const results = await Promise.all(Array.from({ length: 50 }, () => decide(database, [b])));
     expect(results.filter((r) => r.allowed)).toHaveLength(10);
   });
 
@@ -101,7 +101,7 @@ describe("decide()", () => {
     const a = bucket("10/min", "a");
     const g = bucket("15/min", "g");
     const results = await Promise.all(
-      Array.from({ length: 40 }, (_, i) => decide(database.db, i % 2 === 0 ? [a, g] : [g, a])),
+      Array.from({ length: 40 }, (_, i) => decide(database, i % 2 === 0 ? [a, g] : [g, a])),
     );
     expect(results.filter((r) => r.allowed)).toHaveLength(10);
     // g spent exactly 10 of its 15
@@ -123,8 +123,8 @@ describe("decide()", () => {
   it("retryAfterS comes from the bucket that refuses longest", async () => {
     const slow = bucket("1/h", "slow");
     const fast = bucket("1/s", "fast");
-    await decide(database.db, [slow, fast]);
-    const r = await decide(database.db, [fast, slow]);
+    await decide(database, [slow, fast]);
+    const r = await decide(database, [fast, slow]);
     expect(r.allowed).toBe(false);
     expect(r.refusedBy).toBe("slow");
     expect(r.retryAfterS).toBeGreaterThan(3_000);
@@ -135,12 +135,12 @@ describe("decide()", () => {
     const b = bucket("1/s");
     expect((await sequential([b], 2)).map((r) => r.allowed)).toEqual([true, false]);
     await new Promise((r) => setTimeout(r, 1_100));
-    expect((await decide(database.db, [b])).allowed).toBe(true);
+    expect((await decide(database, [b])).allowed).toBe(true);
   });
 
   it("no buckets: allowed, and nothing is written", async () => {
     const [before] = await rowsOf<{ n: number }>(database.db, sql`select count(*)::int as n from rate_limit_buckets`);
-    const r = await decide(database.db, []);
+    const r = await decide(database, []);
     expect(r).toEqual({ allowed: true, retryAfterS: 0, states: [] });
     const [after] = await rowsOf<{ n: number }>(database.db, sql`select count(*)::int as n from rate_limit_buckets`);
     expect(after!.n).toBe(before!.n);

@@ -14,7 +14,7 @@ export function jsonBody<S extends z.ZodType>(schema: S): MiddlewareHandler<AppE
   return async (c, next) => {
     let value: unknown = {};
     const type = c.req.header("content-type") ?? "";
-    const text = await c.req.text();
+    const text = c.get("bodyText") ?? "";
     if (JSON_TYPE.test(type) && text.trim() !== "") {
       try {
         value = JSON.parse(text);

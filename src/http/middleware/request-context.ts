@@ -3,6 +3,7 @@ import { randomUUID } from "node:crypto";
 import { isIP } from "node:net";
 import type { Context, MiddlewareHandler } from "hono";
 import type { Deps } from "../../deps.js";
+import { lazyChild } from "../../log.js";
 import type { AppEnv, RequestMeta } from "../env.js";
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -18,7 +19,7 @@ export function requestContext(deps: Deps): MiddlewareHandler<AppEnv> {
     c.set("deps", deps);
     c.set("requestId", requestId);
     c.set("clientIp", clientIp(c, deps.config.trustProxy));
-    c.set("log", deps.log.child({ request_id: requestId }));
+    c.set("log", lazyChild(deps.log, { request_id: requestId }));
     c.header("X-Request-Id", requestId);
     await next();
     // onError's response replaces the one above; set again so it is on every answer.

@@ -93,7 +93,7 @@ export function auditRoutes(registry: OpenAPIRegistry) {
         before = decodeCursor(query.cursor);
         if (before === undefined) throw invalidParams("cursor", "cursor: not one this service gave out");
       }
-      const { events, nextCursor } = await listAuditEvents(c.var.deps.db, c.var.user, toFilters(query), query.limit ?? 50, before);
+      const { events, nextCursor } = await listAuditEvents(c.get("deps").db, c.get("user"), toFilters(query), query.limit ?? 50, before);
       return c.json({ events, next_cursor: nextCursor });
     },
   );
@@ -115,7 +115,7 @@ export function auditRoutes(registry: OpenAPIRegistry) {
     },
     async (c, { query }) => {
       const format = query.format ?? "ndjson";
-      const events = allAuditEvents(c.var.deps.db, c.var.user, toFilters(query));
+      const events = allAuditEvents(c.get("deps").db, c.get("user"), toFilters(query));
       // The first page is read before the status line goes out, so a database that is down
       // still answers 503, not a 200 with an empty file.
       const first = await events.next();
@@ -129,7 +129,7 @@ export function auditRoutes(registry: OpenAPIRegistry) {
           for await (const e of events) await s.write(format === "csv" ? csvLine(e) : JSON.stringify(e) + "\n");
         } catch (err) {
           // Headers are gone already: the only honest signal left is a cut-off stream.
-          c.var.log.error({ err: (err as Error).name }, "audit export failed mid-stream");
+          c.get("log").error({ err: (err as Error).name }, "audit export failed mid-stream");
           s.abort();
         }
       });

@@ -39,7 +39,7 @@ export function authRoutes(registry: OpenAPIRegistry) {
       }),
       responses: { 200: { description: "a new session", schema: TokenPair }, 401: { description: "invalid_credentials" } },
     },
-    async (c, { body }) => c.json(await login(c.var.deps, requestMeta(c), body)),
+    async (c, { body }) => c.json(await login(c.get("deps"), requestMeta(c), body)),
   );
 
   defineRoute(
@@ -55,7 +55,7 @@ export function authRoutes(registry: OpenAPIRegistry) {
       body: z.object({ refresh_token: z.string({ error: "expected a string" }).min(1, { error: "required" }).max(512, { error: "too long" }) }),
       responses: { 200: { description: "a new pair", schema: TokenPair }, 401: { description: "unauthorized" } },
     },
-    async (c, { body }) => c.json(await refresh(c.var.deps, requestMeta(c), body.refresh_token)),
+    async (c, { body }) => c.json(await refresh(c.get("deps"), requestMeta(c), body.refresh_token)),
   );
 
   defineRoute(
@@ -63,7 +63,7 @@ export function authRoutes(registry: OpenAPIRegistry) {
     registry,
     { method: "post", path: "/v1/auth/logout", summary: "End this session", tags, access: "user", responses: { 204: { description: "logged out" } } },
     async (c) => {
-      await logout(c.var.deps, c.var.user, requestMeta(c));
+      await logout(c.get("deps"), c.get("user"), requestMeta(c));
       return c.body(null, 204);
     },
   );
@@ -73,7 +73,7 @@ export function authRoutes(registry: OpenAPIRegistry) {
     registry,
     { method: "get", path: "/v1/auth/me", summary: "Who the token belongs to", tags, access: "user", responses: { 200: { description: "the caller", schema: UserView } } },
     (c) => {
-      const { id, username, role } = c.var.user;
+      const { id, username, role } = c.get("user");
       return c.json({ id, username, role });
     },
   );
@@ -94,7 +94,7 @@ export function authRoutes(registry: OpenAPIRegistry) {
       responses: { 204: { description: "changed" } },
     },
     async (c, { body }) => {
-      await changePassword(c.var.deps, c.var.user, requestMeta(c), body);
+      await changePassword(c.get("deps"), c.get("user"), requestMeta(c), body);
       return c.body(null, 204);
     },
   );

@@ -1,6 +1,6 @@
 import type { OpenAPIRegistry } from "@asteasolutions/zod-to-openapi";
 import { z } from "@hono/zod-openapi";
-import { Hono } from "hono";
+import { Hono, type Context } from "hono";
 import { createGrant, createKey, deleteKey, listGrants, listKeys, revokeGrant } from "../../services/vault.js";
 import type { AppEnv } from "../env.js";
 import { requestMeta } from "../middleware/request-context.js";
@@ -39,7 +39,7 @@ const KeyName = z
 export function keyRoutes(registry: OpenAPIRegistry) {
   const app = new Hono<AppEnv>();
   const tags = ["Key vault"];
-  const caller = (c: { var: AppEnv["Variables"] }) => c.var.user;
+  const caller = (c: Context<AppEnv>) => c.get("user");
 
   defineRoute(
     app,
@@ -61,7 +61,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
       responses: { 201: { description: "stored", schema: KeyView.omit({ owner: true, access: true, last_used_at: true }) }, 409: { description: "conflict" } },
     },
     async (c, { body }) => {
-      const k = await createKey(c.var.deps.db, c.var.deps.vault, caller(c), requestMeta(c), body);
+      const k = await createKey(c.get("deps").db, c.get("deps").vault, caller(c), requestMeta(c), body);
       return c.json({ id: k.id, name: k.name, last4: k.last4, status: k.status, created_at: k.created_at }, 201);
     },
   );
@@ -78,7 +78,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
       query: z.object({ all: z.enum(["true", "false"], { error: "expected true or false" }).optional() }),
       responses: { 200: { description: "the keys", schema: z.object({ keys: z.array(KeyView) }) }, 403: { description: "all=true without the admin role" } },
     },
-    async (c, { query }) => c.json({ keys: await listKeys(c.var.deps.db, caller(c), query.all === "true") }),
+    async (c, { query }) => c.json({ keys: await listKeys(c.get("deps").db, caller(c), query.all === "true") }),
   );
 
   defineRoute(
@@ -93,7 +93,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
       responses: { 204: { description: "deleted" }, 403: { description: "a grantee" }, 404: { description: "not_found" } },
     },
     async (c) => {
-      await deleteKey(c.var.deps.db, caller(c), requestMeta(c), c.req.param("id")!);
+      await deleteKey(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!);
       return c.body(null, 204);
     },
   );
@@ -119,7 +119,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
     },
     async (c, { body }) =>
       c.json(
-        await createGrant(c.var.deps.db, caller(c), requestMeta(c), c.req.param("id")!, {
+        await createGrant(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!, {
           username: body.username,
           expires_at: body.expires_at ?? undefined,
         }),
@@ -138,7 +138,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
       access: "user",
       responses: { 200: { description: "active grants", schema: z.object({ grants: z.array(GrantView) }) }, 404: { description: "not_found" } },
     },
-    async (c) => c.json({ grants: await listGrants(c.var.deps.db, caller(c), c.req.param("id")!) }),
+    async (c) => c.json({ grants: await listGrants(c.get("deps").db, caller(c), c.req.param("id")!) }),
   );
 
   defineRoute(
@@ -153,7 +153,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
       responses: { 204: { description: "revoked" }, 404: { description: "not_found" } },
     },
     async (c) => {
-      await revokeGrant(c.var.deps.db, caller(c), requestMeta(c), c.req.param("id")!, c.req.param("grant_id")!);
+      await revokeGrant(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!, c.req.param("grant_id")!);
       return c.body(null, 204);
     },
   );

@@ -54,16 +54,16 @@ export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) 
 
   app.get("/readyz", async (c) => {
     try {
-      if (await isMigrated(c.var.deps.db)) return c.json({ status: "ready" });
+      if (await isMigrated(c.get("deps").db)) return c.json({ status: "ready" });
       return c.json({ status: "not_ready", reason: "database not migrated" }, 503);
     } catch (err) {
-      c.var.log.warn({ err: describeError(err) }, "readiness check failed");
+      c.get("log").warn({ err: describeError(err) }, "readiness check failed");
       return c.json({ status: "not_ready", reason: "database unreachable" }, 503);
     }
   });
 
   app.get("/metrics", async (c) => {
-    const { metrics, database, passwords } = c.var.deps;
+    const { metrics, database, passwords } = c.get("deps");
     const hashing = passwords.stats();
     metrics.passwordHashes.set({ state: "running" }, hashing.running);
     metrics.passwordHashes.set({ state: "waiting" }, hashing.waiting);
@@ -78,7 +78,7 @@ export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) 
 
   app.get("/.well-known/jwks.json", (c) => {
     c.header("Cache-Control", "public, max-age=300");
-    return c.json(c.var.deps.tokens.jwks());
+    return c.json(c.get("deps").tokens.jwks());
   });
 
   let document: unknown;

@@ -22,15 +22,16 @@ export function proxyRoutes(registry: OpenAPIRegistry) {
   const tags = ["Haltman (proxied)"];
 
   const handler = (op: UpstreamOperation) => async (c: Context<AppEnv>) => {
-    const { deps, user } = c.var;
+    const deps = c.get("deps");
+    const user = c.get("user");
     const answer = await proxyCall(deps, op, {
       user,
       meta: requestMeta(c),
-      text: await c.req.text(),
+      text: c.get("bodyText") ?? "",
       contentType: c.req.header("content-type") ?? "",
       keyIdHeader: nonEmpty(c.req.header("x-key-id")),
       idempotencyKey: c.req.header("idempotency-key"),
-      log: c.var.log,
+      log: c.get("log"),
     });
     return c.body(answer.body, answer.status as 200, answer.headers);
   };

@@ -24,7 +24,7 @@ export function userRoutes(registry: OpenAPIRegistry) {
       body: z.object({ username: Username, password: Password, role: Role }),
       responses: { 201: { description: "created", schema: UserView }, 409: { description: "conflict: username taken" } },
     },
-    async (c, { body }) => c.json(await createUser(c.var.deps, c.var.user, requestMeta(c), body), 201),
+    async (c, { body }) => c.json(await createUser(c.get("deps"), c.get("user"), requestMeta(c), body), 201),
   );
 
   defineRoute(
@@ -38,7 +38,7 @@ export function userRoutes(registry: OpenAPIRegistry) {
       access: "admin",
       responses: { 200: { description: "every user", schema: z.object({ users: z.array(UserAdminView) }) } },
     },
-    async (c) => c.json({ users: await listUsers(c.var.deps.db) }),
+    async (c) => c.json({ users: await listUsers(c.get("deps").db) }),
   );
 
   const RateOverride = z.union([RatePolicyText, z.null(), z.literal("").transform(() => null)]).optional();
@@ -66,7 +66,7 @@ export function userRoutes(registry: OpenAPIRegistry) {
     async (c, { body }) => {
       const id = c.req.param("id")!;
       if (!Uuid.safeParse(id).success) throw notFound("user");
-      return c.json(await updateUser(c.var.deps, c.var.user, requestMeta(c), id, body));
+      return c.json(await updateUser(c.get("deps"), c.get("user"), requestMeta(c), id, body));
     },
   );
 
