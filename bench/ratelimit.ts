@@ -14,7 +14,7 @@ const open = parseRatePolicy("999999999/min")!;
 
 async function main() {
   const { database, drop } = await scratchDatabase("rl", 10);
-  const limiter = createLimiter(database);
+  const limiter = createLimiter({ query: database.lane("rate_limit_decide") });
   const buckets = (i: number): Bucket[] => [
     { name: "user", key: `user:${i % USERS}:handle_create`, policy: open },
     { name: "key", key: `key:${i % KEYS}:create`, policy: open },

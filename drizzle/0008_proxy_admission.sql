@@ -156,34 +156,28 @@ ALTER TABLE rate_limit_buckets SET (fillfactor = 50);
 -- 3. Decides the verified requests (rate_limit_decide).
 -- 4. Records each refusal as the attempt's outcome: `rate_limited`, with the reason (the bucket
 --    furthest over its limit, or `upstream` when a pause holds the call back longer).
--- One row a request: the decision, the wait of each of its buckets, and for an admitted call the
--- key's sealed material, read in this statement (the service keeps no copy of it).
+-- One row: per request, whether its choice held, the decision, the longest pause, and for an
+-- admitted call the key's sealed material, read in this statement (the service keeps no copy of
+-- it); per (request, bucket), the bucket's wait, as rate_limit_decide() tells it.
 CREATE FUNCTION proxy_admit(
   p_user uuid[], p_key uuid[], p_only boolean[], p_limits text[],
   p_event uuid[], p_request_id text[], p_actor_username text[], p_action text[],
   p_handle text[], p_domain text[], p_ip text[], p_user_agent text[],
   p_keys text[], p_req int[], p_idx int[], p_t float8[], p_period float8[], p_cost float8[], p_name text[],
-  p_pause_req int[], p_pause_scope text[]
-) RETURNS TABLE (o_req int, o_verified boolean, o_allowed boolean, o_wait_ms float8[], o_pause_ms float8,
-                 o_owner uuid, o_sealed bytea, o_wrapped bytea, o_keyring text)
+  p_pause_req int[], p_pause_scope text[],
+  OUT o_verified boolean[], OUT o_allowed boolean[], OUT o_pause_ms float8[], OUT o_wait_ms float8[],
+  OUT o_owner uuid[], OUT o_sealed bytea[], OUT o_wrapped bytea[], OUT o_keyring text[]
+)
 LANGUAGE plpgsql AS $$
 DECLARE
   m int := coalesce(array_length(p_user, 1), 0);
-  n int := coalesce(array_length(p_req, 1), 0);
-  v_ok boolean[];
-  v_owner uuid[];
-  v_sealed bytea[];
-  v_wrapped bytea[];
-  v_keyring text[];
   d record;
-  v_first int[];
-  v_last int[];
 BEGIN
   IF m = 0 THEN RETURN; END IF;
 
   SELECT array_agg(v.ok ORDER BY r.i), array_agg(k.owner_id ORDER BY r.i), array_agg(k.sealed_key ORDER BY r.i),
          array_agg(k.wrapped_dek ORDER BY r.i), array_agg(k.keyring_id ORDER BY r.i)
-    INTO v_ok, v_owner, v_sealed, v_wrapped, v_keyring
+    INTO o_verified, o_owner, o_sealed, o_wrapped, o_keyring
     FROM unnest(p_user, p_key, p_only, p_limits) WITH ORDINALITY AS r(uid, kid, only1, lim, i)
     LEFT JOIN users u ON u.id = r.uid
     LEFT JOIN haltman_keys k ON k.id = r.kid
@@ -198,31 +192,33 @@ BEGIN
         AND u.rate_limits IS NOT DISTINCT FROM r.lim::jsonb AS ok) AS v;
 
   INSERT INTO audit_events (id, request_id, actor_id, actor_username, action, outcome, key_id, key_owner_id, handle, domain, ip, user_agent)
-    SELECT a.id, a.rid, a.uid, a.uname, a.act, NULL, a.kid, v_owner[a.i::int], a.h, a.d, a.ip, a.ua
+    SELECT a.id, a.rid, a.uid, a.uname, a.act, NULL, a.kid, o_owner[a.i::int], a.h, a.d, a.ip, a.ua
     FROM unnest(p_event, p_request_id, p_user, p_actor_username, p_action, p_key, p_handle, p_domain, p_ip, p_user_agent)
       WITH ORDINALITY AS a(id, rid, uid, uname, act, kid, h, d, ip, ua, i)
-    WHERE v_ok[a.i::int];
+    WHERE o_verified[a.i::int];
 
   SELECT * INTO d FROM rate_limit_decide(p_keys, p_req, p_idx, p_t, p_period, p_cost, p_pause_req, p_pause_scope,
-    (SELECT array_agg(NOT x ORDER BY o) FROM unnest(v_ok) WITH ORDINALITY AS s(x, o)));
-
-  -- Each request's input rows (contiguous, in order).
-  SELECT array_agg(f ORDER BY q), array_agg(l ORDER BY q) INTO v_first, v_last
-    FROM (SELECT q, min(o)::int AS f, max(o)::int AS l FROM unnest(p_req) WITH ORDINALITY AS x(q, o) GROUP BY q) AS g;
+    (SELECT array_agg(NOT x ORDER BY o) FROM unnest(o_verified) WITH ORDINALITY AS s(x, o)));
+  o_allowed := d.o_allowed;
+  o_pause_ms := d.o_pause_ms;
+  o_wait_ms := d.o_wait_ms;
 
   -- A refusal is the attempt's outcome; its reason: the bucket furthest over its limit, or
   -- `upstream` when a pause holds the call back longer.
-  INSERT INTO audit_event_outcomes (event_id, outcome, detail)
-    SELECT p_event[q], 'rate_limited', jsonb_build_object('error', 'rate_limited', 'reason',
-        CASE WHEN d.o_pause_ms[q] > 0
-              AND d.o_pause_ms[q] >= greatest(d.o_wait_ms[d.o_worst[q]] + p_cost[d.o_worst[q]] * p_t[d.o_worst[q]] - p_period[d.o_worst[q]], 0)
-             THEN 'upstream' ELSE p_name[d.o_worst[q]] END)
-    FROM generate_series(1, m) AS q
-    WHERE v_ok[q] AND NOT d.o_allowed[q];
+  IF false = ANY (o_allowed) THEN
+    INSERT INTO audit_event_outcomes (event_id, outcome, detail)
+      SELECT p_event[q], 'rate_limited', jsonb_build_object('error', 'rate_limited', 'reason',
+          CASE WHEN d.o_pause_ms[q] > 0
+                AND d.o_pause_ms[q] >= greatest(d.o_wait_ms[d.o_worst[q]] + p_cost[d.o_worst[q]] * p_t[d.o_worst[q]] - p_period[d.o_worst[q]], 0)
+               THEN 'upstream' ELSE p_name[d.o_worst[q]] END)
+      FROM generate_series(1, m) AS q
+      WHERE o_verified[q] AND NOT o_allowed[q];
+  END IF;
 
-  RETURN QUERY
-    SELECT q - 1, v_ok[q], d.o_allowed[q], d.o_wait_ms[v_first[q]:v_last[q]], d.o_pause_ms[q],
-      CASE WHEN d.o_allowed[q] THEN v_owner[q] END, CASE WHEN d.o_allowed[q] THEN v_sealed[q] END,
-      CASE WHEN d.o_allowed[q] THEN v_wrapped[q] END, CASE WHEN d.o_allowed[q] THEN v_keyring[q] END
-    FROM generate_series(1, m) AS q;
+  -- The key's material goes back for admitted calls only.
+  FOR q IN 1 .. m LOOP
+    IF o_allowed[q] IS NOT TRUE THEN
+      o_sealed[q] := NULL; o_wrapped[q] := NULL;
+    END IF;
+  END LOOP;
 END $$;

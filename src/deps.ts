@@ -4,7 +4,7 @@ import type { Config, RatePolicy } from "./config.js";
 import { parseRatePolicy } from "./config.js";
 import type { Keyring } from "./crypto/keyring.js";
 import type { Database, Db } from "./db/client.js";
-import { createMetrics, type Metrics } from "./metrics.js";
+import { createMetrics, groupObserver, type Metrics } from "./metrics.js";
 import { createPasswordHasher, type PasswordHasher } from "./services/passwords.js";
 import { createSessionGate, type SessionGate } from "./services/sessions.js";
 import { createTokenService, type TokenService } from "./services/tokens.js";
@@ -76,10 +76,14 @@ export async function createDeps(input: {
     tokens,
     sessions: createSessionGate(database.db, input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
     vault,
-    limiter: createLimiter(database),
-    chooseKey: createKeyChooser(database),
-    admit: createAdmission(database),
-    auditWriter: createAuditWriter(database),
+    // Each kind of grouped statement on a connection of its own (Database.lane).
+    limiter: createLimiter({ query: database.lane("rate_limit_decide") }, { observe: groupObserver(metrics, "rate_limit_decide") }),
+    chooseKey: createKeyChooser({ query: database.lane("key_choice") }, { observe: groupObserver(metrics, "key_choice") }),
+    admit: createAdmission({ query: database.lane("proxy_admit") }, { observe: groupObserver(metrics, "proxy_admit") }),
+    auditWriter: createAuditWriter({ query: database.lane("audit") }, {
+      events: { observe: groupObserver(metrics, "audit_event") },
+      outcomes: { observe: groupObserver(metrics, "audit_outcome") },
+    }),
     upstream:
       input.upstream ??
       createUpstreamClient({ baseUrl: config.haltmanBaseUrl, timeoutMs: config.upstreamTimeoutMs, bot: config.haltmanBot }),

@@ -27,6 +27,15 @@ export type RawQuery = <T>(text: string, params: readonly SqlParam[]) => Promise
 export type Database = {
   readonly db: Db;
   readonly query: RawQuery;
+  /**
+   * RawQuery on a connection of its own, for one kind of grouped statement: the same server
+   * backend every time, with that kind's statements pipelined on it. (postgres.js hands out its
+   * idle connections round-robin, so a lone statement would go to the backend idle the longest,
+   * whose caches are coldest; a lane keeps one backend warm.) One connection a name, besides the
+   * pool's (instances sharing a Database share its lanes), opened at first use and reconnected
+   * as the pool's are.
+   */
+  lane(name: string): RawQuery;
   readonly kind: "pglite" | "postgres";
   /** the most connections the pool opens (1 for PGlite, which is one process) */
   readonly poolMax: number;
@@ -46,8 +55,7 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
   const { drizzle } = await import("drizzle-orm/postgres-js");
   const max = opts.max ?? 10;
   const appName = `haltman-bff:${randomUUID().slice(0, 8)}`;
-  const client = postgres(url, {
-    max,
+  const options = {
     idle_timeout: 30,
     connect_timeout: 10,
     // postgres.js hands int8 back as strings: keep them numbers (our int8 are counters and ids < 2^53).
@@ -59,11 +67,22 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
     // they look cheaper than a generic plan that assumes 100 elements. drizzle's own queries
     // are unnamed one-shot statements, planned with their parameters whatever this says.
     connection: { application_name: appName, plan_cache_mode: "force_generic_plan" },
-  });
+  };
+  const client = postgres(url, { ...options, max });
   const db = drizzle(client, { schema }) as unknown as Db;
+  const prepared = (c: typeof client): RawQuery => <T>(text: string, params: readonly SqlParam[]) =>
+    c.unsafe(text, params as SqlParam[], { prepare: true }) as unknown as Promise<T[]>;
+  // A lane is a client of one connection (postgres.js reconnects it as it does the pool's; its
+  // reserve() was tried and left a reserved connection hanging when the server dropped it).
+  const lanes = new Map<string, typeof client>();
   return {
     db,
-    query: <T>(text: string, params: readonly SqlParam[]) => client.unsafe(text, params as SqlParam[], { prepare: true }) as unknown as Promise<T[]>,
+    query: prepared(client),
+    lane(name) {
+      let lane = lanes.get(name);
+      if (!lane) lanes.set(name, (lane = postgres(url, { ...options, max: 1 })));
+      return prepared(lane);
+    },
     kind: "postgres",
     poolMax: max,
     // postgres.js keeps no public pool statistics; the server knows this instance's connections.
@@ -72,7 +91,9 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
         select state, count(*)::int as n from pg_stat_activity where application_name = ${appName} group by state`;
       return Object.fromEntries(rows.map((r) => [r.state ?? "unknown", r.n]));
     },
-    close: () => client.end({ timeout: 5 }),
+    close: async () => {
+      await Promise.all([client.end({ timeout: 5 }), ...[...lanes.values()].map((l) => l.end({ timeout: 5 }))]);
+    },
   };
 }
 
@@ -87,9 +108,11 @@ export async function openPglite(dataDir: string | undefined, opts: { loadDataDi
   const client = await PGlite.create({ ...(dir ? { dataDir: dir } : {}), ...(opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {}) });
   await client.exec("set plan_cache_mode = force_generic_plan"); // as on the server (see openPostgres)
   const db = drizzle(client, { schema }) as unknown as Db;
+  const query = async <T>(text: string, params: readonly SqlParam[]) => (await client.query<T>(text, params as SqlParam[])).rows;
   return {
     db,
-    query: async <T>(text: string, params: readonly SqlParam[]) => (await client.query<T>(text, params as SqlParam[])).rows,
+    query,
+    lane: () => query, // one process, one connection
     kind: "pglite",
     poolMax: 1,
     poolConnections: async () => ({ active: client.closed ? 0 : 1 }),

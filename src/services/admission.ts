@@ -28,19 +28,19 @@ export type Admission =
 
 export type Admitter = (req: AdmissionRequest) => Promise<Admission>;
 
+/** proxy_admit()'s one row: per request, except o_wait_ms (per request and bucket, in input order). */
 type Row = {
-  o_req: number;
-  o_verified: boolean;
-  o_allowed: boolean | null;
+  o_verified: (boolean | null)[] | null;
+  o_allowed: (boolean | null)[] | null;
+  o_pause_ms: number[] | null;
   o_wait_ms: number[] | null;
-  o_pause_ms: number | null;
-  o_owner: string | null;
-  o_sealed: Uint8Array | null;
-  o_wrapped: Uint8Array | null;
-  o_keyring: string | null;
+  o_owner: (string | null)[] | null;
+  o_sealed: (Uint8Array | null)[] | null;
+  o_wrapped: (Uint8Array | null)[] | null;
+  o_keyring: (string | null)[] | null;
 };
 
-const ADMIT = `select o_req, o_verified, o_allowed, o_wait_ms, o_pause_ms, o_owner, o_sealed, o_wrapped, o_keyring
+const ADMIT = `select o_verified, o_allowed, o_pause_ms, o_wait_ms, o_owner, o_sealed, o_wrapped, o_keyring
   from proxy_admit($1::uuid[], $2::uuid[], $3::boolean[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[],
     $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::int[], $16::float8[], $17::float8[],
     $18::float8[], $19::text[], $20::int[], $21::text[])`;
@@ -55,7 +55,7 @@ export function createAdmission(database: Pick<Database, "query">, opts: BatchOp
     );
     const b = bucketArrays(group.map((r) => ({ buckets: r.buckets, pauses: r.pauses })));
     const col = (f: (i: number) => SqlParam) => pgArray(group.map((_, i) => f(i)));
-    const answers = await database.query<Row>(ADMIT, [
+    const [a] = await database.query<Row>(ADMIT, [
       col((i) => group[i]!.caller.id),
       col((i) => group[i]!.key.id),
       col((i) => group[i]!.key.only),
@@ -78,17 +78,21 @@ export function createAdmission(database: Pick<Database, "query">, opts: BatchOp
       pgArray(b.pauseReq),
       pgArray(b.pauseScope),
     ]);
-    const byReq = new Map(answers.map((a) => [Number(a.o_req), a]));
+    let at = 0;
     return group.map((r, i): Admission => {
-      const a = byReq.get(i);
-      if (!a || !a.o_verified) return { verified: false };
-      const allowed = a.o_allowed === true;
-      const decision = toDecision(r.buckets, 1, allowed, a.o_pause_ms == null ? 0 : Number(a.o_pause_ms), (a.o_wait_ms ?? []).map(Number));
-      if (!allowed) return { verified: true, decision };
+      const waits = (a?.o_wait_ms ?? []).slice(at, at + r.buckets.length).map(Number);
+      at += r.buckets.length;
+      if (a?.o_verified?.[i] !== true) return { verified: false };
+      const allowed = a.o_allowed?.[i] === true;
+      const decision = toDecision(r.buckets, 1, allowed, Number(a.o_pause_ms?.[i] ?? 0), waits);
+      const sealed = a.o_sealed?.[i];
+      const wrapped = a.o_wrapped?.[i];
+      // (admitted without its material cannot happen: proxy.ts answers it as a key that cannot be opened)
+      if (!allowed || !sealed || !wrapped) return { verified: true, decision };
       return {
         verified: true,
         decision,
-        key: { id: r.key.id, ownerId: a.o_owner!, sealedKey: Buffer.from(a.o_sealed!), wrappedDek: Buffer.from(a.o_wrapped!), keyringId: a.o_keyring! },
+        key: { id: r.key.id, ownerId: a.o_owner![i]!, sealedKey: Buffer.from(sealed), wrappedDek: Buffer.from(wrapped), keyringId: a.o_keyring![i]! },
       };
     });
   }, opts);

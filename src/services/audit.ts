@@ -137,14 +137,14 @@ const INSERT_OUTCOMES = `with o as (
   )
   select 1`;
 
-export function createAuditWriter(database: Pick<Database, "query">, opts: BatchOptions = {}): AuditWriter {
+export function createAuditWriter(database: Pick<Database, "query">, opts: { events?: BatchOptions; outcomes?: BatchOptions } = {}): AuditWriter {
   const events = batched<typeof auditEvents.$inferInsert, string>(async (rows) => {
     await database.query(INSERT_EVENTS, [
       ...EVENT_COLUMNS.map((k) => pgArray(rows.map((r) => (r[k] ?? null) as string | number | null))),
       pgArray(rows.map((r) => (r.detail ? JSON.stringify(r.detail) : null))),
     ]);
     return rows.map((r) => r.id!);
-  }, opts);
+  }, opts.events);
   type Outcome = { eventId: string; outcome: AuditOutcome; upstreamStatus: number | null; detail: Record<string, unknown> | null; keyUse: KeyUse | undefined };
   const outcomes = batched<Outcome, void>(async (rows) => {
     // One mark a key: the last status upstream's answers set within the group (an answer that
@@ -166,7 +166,7 @@ export function createAuditWriter(database: Pick<Database, "query">, opts: Batch
       pgArray(uses.map((u) => u.reason)),
     ]);
     return rows.map(() => undefined);
-  }, opts);
+  }, opts.outcomes);
   return {
     record: (e) => events(auditRow(e)),
     recordOutcome: (eventId, outcome, upstreamStatus, detail, keyUse) => outcomes({ eventId, outcome, upstreamStatus, detail: detail ?? null, keyUse }),

@@ -11,6 +11,8 @@ export type BatchOptions = {
   maxBatch?: number;
   /** statements of this kind under way at once */
   maxInFlight?: number;
+  /** told each group's size and how long its statement took, once it has (for /metrics) */
+  observe?: (size: number, seconds: number) => void;
 };
 
 type Waiting<I, O> = { item: I; resolve: (o: O) => void; reject: (e: unknown) => void };
@@ -22,8 +24,10 @@ export function batched<I, O>(run: (items: I[]) => Promise<O[]>, opts: BatchOpti
   let inFlight = 0;
   let scheduled = false;
 
+  const observe = opts.observe;
   const send = (group: Waiting<I, O>[]) => {
     inFlight++;
+    const started = observe ? performance.now() : 0;
     let p: Promise<O[]>;
     try {
       p = run(group.map((g) => g.item));
@@ -34,6 +38,7 @@ export function batched<I, O>(run: (items: I[]) => Promise<O[]>, opts: BatchOpti
       (results) => group.forEach((g, i) => g.resolve(results[i]!)),
       (err) => group.forEach((g) => g.reject(err)),
     ).finally(() => {
+      observe?.(group.length, (performance.now() - started) / 1000);
       inFlight--;
       flush();
     });

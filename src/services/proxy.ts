@@ -178,7 +178,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     if (!admission || !admission.verified) throw new AppError("unavailable", "the key to use kept changing while this call was decided; nothing was sent upstream");
     const { decision } = admission;
     const limitHeaders = rateLimitHeaders(decision.states);
-    if (!decision.allowed || !admission.key) {
+    if (!decision.allowed) {
       const reason = decision.refusedBy ?? "global";
       deps.metrics.rateLimitRefusals.inc({ reason });
       const err = rateLimited(reason, decision.retryAfterS);
@@ -190,6 +190,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     // 5. Upstream, with the key opened for this call only.
     let apiKey: string;
     try {
+      if (!admission.key) throw new Error("admitted without the key's material");
       apiKey = openStoredKey(deps.vault, admission.key);
     } catch (err) {
       // Tampered, moved, or sealed under an entry we lack: nothing is sent. Logged without material.

@@ -1,0 +1,124 @@
+// npm run bench:profile -- <target> <mode> [connections|rate] — one load against one target with the
+// CPU each process spent (and the service's threads, and its grouped statements from /metrics), to
+// see where the time goes. A development tool; `npm run bench` is the benchmark of record.
+//   target: direct | bare | service, or ratio (bare and service alternated, closed loop: their ratio
+//   without the machine's drift between two runs); mode: closed | rate.
+//   REPS=n repeats the load; BENCH_SECONDS sets its length.
+//   PROFILE_SERVICE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the service.
+//   PROFILE_HOOK='perf record -g -p $SVC_PID -- sleep 3' runs a command 2 s into the load
+//   ($SVC_PID, $PG_PIDS are set).
+import { execFile, execFileSync } from "node:child_process";
+import { startCast, cpuMs } from "./cast.js";
+import { closedLoop, fixedRate } from "./load.js";
+
+const [target = "service", mode = "closed", level = mode === "rate" ? "500" : "32"] = process.argv.slice(2);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+
+function postgresPids(): number[] {
+  try {
+    return execFileSync("pgrep", ["-u", "postgres"], { encoding: "utf8" }).trim().split("\n").map(Number).filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+import { readdirSync, readFileSync } from "node:fs";
+function threads(pid: number): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const name = readFileSync(`/proc/${pid}/task/${t}/comm`, "utf8").trim();
+      const f = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8").split(") ")[1]!.split(" ");
+      m.set(`${name}#${t}`, (Number(f[11]) + Number(f[12])) * 10);
+    } catch {}
+  }
+  return m;
+}
+/** db_group_* sums and counts from the service's /metrics, by statement. */
+async function groups(url: string): Promise<Map<string, { n: number; items: number; seconds: number }>> {
+  const text = await (await fetch(url + "/metrics")).text();
+  const m = new Map<string, { n: number; items: number; seconds: number }>();
+  for (const line of text.split("\n")) {
+    const r = /^db_group_(size|duration_seconds)_(sum|count)\{statement="([^"]+)"\} (\S+)/.exec(line);
+    if (!r) continue;
+    const e = m.get(r[3]!) ?? { n: 0, items: 0, seconds: 0 };
+    if (r[1] === "size" && r[2] === "count") e.n = Number(r[4]);
+    if (r[1] === "size" && r[2] === "sum") e.items = Number(r[4]);
+    if (r[1] === "duration_seconds" && r[2] === "sum") e.seconds = Number(r[4]);
+    m.set(r[3]!, e);
+  }
+  return m;
+}
+const sum = (pids: number[]) => pids.reduce((s, p) => { try { return s + cpuMs(p); } catch { return s; } }, 0);
+
+async function main() {
+  const cast = await startCast({ serviceArgs: (process.env.PROFILE_SERVICE_ARGS ?? "").split(" ").filter(Boolean) });
+  try {
+    if (target === "ratio") {
+      // service / bare proxy, alternated, so that the machine's drift hits both alike
+      const c = Number(level);
+      await closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: 2 });
+      await closedLoop(cast.svc.url, cast.serviceReqs, { connections: c, seconds: 3 });
+      const ratios: number[] = [];
+      for (let rep = 0; rep < Number(process.env.REPS ?? 3); rep++) {
+        const b = await closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: SECONDS });
+        const v = await closedLoop(cast.svc.url, cast.serviceReqs, { connections: c, seconds: SECONDS });
+        ratios.push(v.rps / b.rps);
+        process.stdout.write(`c=${c}: bare ${b.rps.toFixed(0)}, service ${v.rps.toFixed(0)} req/s, ratio ${(v.rps / b.rps).toFixed(3)}\n`);
+      }
+      process.stdout.write(`median ratio ${[...ratios].sort((x, y) => x - y)[Math.floor(ratios.length / 2)]!.toFixed(3)}\n`);
+      return;
+    }
+    const [url, reqs] = target === "direct" ? [cast.sim.url, cast.directReqs] : target === "bare" ? [cast.bare.url, cast.bareReqs] : [cast.svc.url, cast.serviceReqs];
+    const drive = () => (mode === "rate" ? fixedRate(url, reqs, { rate: Number(level), seconds: SECONDS }) : closedLoop(url, reqs, { connections: Number(level), seconds: SECONDS }));
+    await (mode === "rate" ? fixedRate(url, reqs, { rate: Number(level), seconds: 3 }) : closedLoop(url, reqs, { connections: Number(level), seconds: 3 }));
+    const procs = { simulator: cast.sim.pid, bare: cast.bare.pid, service: cast.svc.pid };
+    const reps = Number(process.env.REPS ?? 1);
+    const rates: number[] = [];
+    for (let rep = 0; rep < reps; rep++) {
+    const before = Object.fromEntries(Object.entries(procs).map(([k, p]) => [k, cpuMs(p)]));
+    const pgBefore = sum(postgresPids());
+    const thrBefore = threads(cast.svc.pid);
+    const groupsBefore = await groups(cast.svc.url);
+    const selfBefore = process.cpuUsage();
+    const t0 = performance.now();
+    const hook = process.env.PROFILE_HOOK
+      ? new Promise<void>((resolve) =>
+          setTimeout(() => {
+            execFile("bash", ["-c", process.env.PROFILE_HOOK!], { encoding: "utf8", env: { ...process.env, SVC_PID: String(cast.svc.pid), PG_PIDS: postgresPids().join(",") } }, (err, out, errOut) => {
+              process.stdout.write(out + errOut + (err ? `hook: ${err.message}\n` : ""));
+              resolve();
+            });
+          }, 2000),
+        )
+      : Promise.resolve();
+    const load = await drive();
+    await hook;
+    const wall = performance.now() - t0;
+    const self = process.cpuUsage(selfBefore);
+    const thrAfter = threads(cast.svc.pid);
+    const perThread = [...thrAfter].map(([k, v]) => [k.split("#")[0], (v - (thrBefore.get(k) ?? 0)) / wall] as const).filter(([, v]) => v > 0.005);
+    const groupsAfter = await groups(cast.svc.url);
+    for (const [k, v] of groupsAfter) {
+      const b = groupsBefore.get(k) ?? { n: 0, items: 0, seconds: 0 };
+      const n = v.n - b.n;
+      if (n > 0) process.stdout.write(`  ${k}: ${n} groups, ${((v.items - b.items) / n).toFixed(1)} calls each, ${(((v.seconds - b.seconds) / n) * 1000).toFixed(2)} ms each\n`);
+    }
+    process.stdout.write(`service threads (cores): ${perThread.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ")}\n`);
+    const cpu: Record<string, number> = Object.fromEntries(Object.entries(procs).map(([k, p]) => [k, (cpuMs(p) - before[k]!) / wall]));
+    cpu.postgres = (sum(postgresPids()) - pgBefore) / wall;
+    cpu.loadgen = (self.user + self.system) / 1000 / wall;
+    process.stdout.write(`${target} ${mode} ${level}: ${load.rps.toFixed(0)} req/s, p50 ${load.p50.toFixed(2)} ms, p99 ${load.p99.toFixed(2)} ms, codes ${JSON.stringify(load.codes)}, errors ${load.errors}\n`);
+    process.stdout.write(`cores used: ${Object.entries(cpu).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ")}\n`);
+    if (load.total > 0) process.stdout.write(`CPU per request: ${Object.entries(cpu).map(([k, v]) => `${k} ${((v * wall * 1000) / load.total).toFixed(0)} µs`).join(", ")}\n`);
+    rates.push(load.rps);
+    }
+    if (reps > 1) process.stdout.write(`median ${[...rates].sort((a, b) => a - b)[Math.floor(reps / 2)]!.toFixed(0)} req/s over ${reps}: ${rates.map((r) => r.toFixed(0)).join(" ")}\n`);
+  } finally {
+    await cast.stop();
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`${(err as Error).stack}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,58 @@
+// The hot path's statements run on connections of their own (db/client.ts lanes). When the
+// database drops every connection of the service (a restart, a failover, an operator's
+// pg_terminate_backend), calls in that moment fail closed (503, nothing sent upstream), and the
+// service then serves again on new connections, without a restart of its own.
+import { sql } from "drizzle-orm";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openPostgres } from "../../src/db/client.js";
+import { startSimulator, type Simulator } from "../../src/simulator/server.js";
+import { startService, type Service } from "../helpers/harness.js";
+import { CREATE, HIGH_LIMITS, newApiKey } from "../proxy/common.js";
+
+describe.skipIf(!process.env.TEST_DATABASE_URL)("the database drops the service's connections (needs TEST_DATABASE_URL: PGlite has none to drop)", () => {
+  let sim: Simulator;
+  let svc: Service;
+  let token: string;
+  beforeAll(async () => {
+    sim = await startSimulator({});
+    svc = await startService({ env: { HALTMAN_BASE_URL: sim.url, ...HIGH_LIMITS } });
+    const u = await svc.addUser(svc.admin.token, "reconnect");
+    token = u.token;
+    const apiKey = newApiKey();
+    sim.addKey(apiKey, "r@example.com");
+    expect((await svc.call("POST", "/v1/keys", { token, json: { name: "k", api_key: apiKey } })).status).toBe(201);
+  });
+  afterAll(async () => {
+    await svc?.close();
+    await sim?.close();
+  });
+
+  let n = 0;
+  const create = () => svc.call("POST", CREATE, { token, json: { handle: `reconnect-${process.pid}-${++n}` } });
+
+  it("calls in the outage are 503 or served, never 500; within a second the service serves again", async () => {
+    expect((await create()).status).toBe(200);
+    const admin = await openPostgres(svc.database.url!, { max: 1 });
+    try {
+      const [{ db }] = (await admin.query<{ db: string }>("select current_database() as db", [])) as [{ db: string }];
+      await admin.db.execute(sql`select pg_terminate_backend(pid) from pg_stat_activity
+        where datname = ${db} and pid <> pg_backend_pid() and application_name like 'haltman-bff:%'`);
+    } finally {
+      await admin.close();
+    }
+    const statuses: number[] = [];
+    const deadline = Date.now() + 5_000;
+    let served = false;
+    while (!served && Date.now() < deadline) {
+      const r = await create();
+      statuses.push(r.status);
+      expect([200, 503], r.text).toContain(r.status);
+      served = r.status === 200;
+      if (!served) await new Promise((res) => setTimeout(res, 100));
+    }
+    expect(served, `statuses after the drop: ${statuses.join(",")}`).toBe(true);
+    // and it keeps serving: several in a row, concurrently
+    const again = await Promise.all(Array.from({ length: 5 }, () => create()));
+    expect(again.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+  });
+});
