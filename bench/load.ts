@@ -3,16 +3,19 @@
 // Closed loop (`closedLoop`): N connections, each sending its next request as soon as the last is
 // answered: the most a target can serve.
 //
-// Fixed rate (`fixedRate`): requests evenly spaced in time, independent of the answers. autocannon's
-// own `overallRate` does not do that: each connection sends its share of a second back to back
-// when the second starts, then waits (lib/httpClient.js, `reqsMadeThisSecond`), so "500 req/s over
-// 32 connections" is a 32-wide burst every second, and its latencies are those of the burst. Here
-// the rate is made of `rate` autocannon instances of one connection and one request a second each,
-// started 1/rate s apart: one request every 2 ms at 500 req/s, as independent clients would send.
+// Fixed rate (`fixedRate`): requests evenly spaced in time, independent of the answers. autocannon
+// cannot do that: its `overallRate` makes each connection send its share of a second back to back
+// when the second starts, then wait (lib/httpClient.js, `reqsMadeThisSecond`), so "500 req/s over
+// 32 connections" is a 32-wide burst every second and its latencies are the burst's. 500
+// one-connection autocannon instances started 2 ms apart were tried: spaced right, but they cost
+// the generator 0.5 to 1 ms of CPU a request (each instance's own timers and summaries), on the
+// two cores the measured processes share, and one run in three came out 10x slower for it. So the
+// fixed rate is an open loop over undici (the upstream client's library), a request every 2 ms.
 //
-// Latencies are taken from each response as autocannon measures it (process.hrtime, fractions of
-// a millisecond), not from its histograms, which keep whole milliseconds.
+// Closed-loop latencies are taken from each response as autocannon measures it (process.hrtime,
+// fractions of a millisecond), not from its histograms, which keep whole milliseconds.
 import autocannon from "autocannon";
+import { Pool } from "undici";
 import type { Req } from "./cast.js";
 
 export type Load = {
@@ -33,11 +36,8 @@ export function percentile(sorted: ArrayLike<number>, p: number): number {
 
 type Run = { instance: autocannon.Instance; done: Promise<autocannon.Result> };
 
-/** Each answer's latency (ms), and when it came (performance.now()). */
-type Samples = { ms: number[]; at: number[] };
-
-function start(url: string, requests: Req[], first: number, stride: number, opts: autocannon.Options, samples: Samples, codes: Record<string, number>): Run {
-  let i = first;
+function start(url: string, requests: Req[], opts: autocannon.Options, latencies: number[], codes: Record<string, number>): Run {
+  let i = 0;
   let resolve!: (r: autocannon.Result) => void;
   let reject!: (e: unknown) => void;
   const done = new Promise<autocannon.Result>((res, rej) => ((resolve = res), (reject = rej)));
@@ -49,7 +49,7 @@ function start(url: string, requests: Req[], first: number, stride: number, opts
         {
           setupRequest: (req: Record<string, unknown>) => {
             const r = requests[i % requests.length]!;
-            i += stride;
+            i++;
             return { ...req, method: r.method, path: r.path, headers: r.headers, body: r.body };
           },
         },
@@ -59,8 +59,7 @@ function start(url: string, requests: Req[], first: number, stride: number, opts
   );
   instance.on("response", (_client: unknown, status: number, _bytes: number, ms: number) => {
     codes[status] = (codes[status] ?? 0) + 1;
-    samples.ms.push(ms);
-    samples.at.push(performance.now());
+    latencies.push(ms);
   });
   return { instance, done };
 }
@@ -73,36 +72,52 @@ function summarise(latencies: number[], codes: Record<string, number>, seconds: 
 
 /** `connections` connections, each sending back to back, for `seconds`. */
 export async function closedLoop(url: string, requests: Req[], opts: { connections: number; seconds: number }): Promise<Load> {
-  const samples: Samples = { ms: [], at: [] };
+  const latencies: number[] = [];
   const codes: Record<string, number> = {};
   const t0 = performance.now();
-  const run = start(url, requests, 0, 1, { url, connections: opts.connections, duration: opts.seconds } as autocannon.Options, samples, codes);
+  const run = start(url, requests, { url, connections: opts.connections, duration: opts.seconds } as autocannon.Options, latencies, codes);
   const result = await run.done;
-  return summarise(samples.ms, codes, (performance.now() - t0) / 1000, result.errors + result.timeouts);
+  return summarise(latencies, codes, (performance.now() - t0) / 1000, result.errors + result.timeouts);
 }
 
-/** `rate` requests a second, evenly spaced, for `seconds`. */
+/**
+ * `rate` requests a second, evenly spaced, for `seconds`: an open loop (each request leaves at its
+ * time, whatever the answers), through an undici Pool with enough connections that none waits for
+ * another. Latency counts from the request's scheduled time (or its sending, when the timer let it
+ * go early), so a late start (the generator itself busy) counts against the measurement rather
+ * than hiding in it.
+ */
 export async function fixedRate(url: string, requests: Req[], opts: { rate: number; seconds: number }): Promise<Load> {
-  const samples: Samples = { ms: [], at: [] };
+  const pool = new Pool(url, { connections: 256, pipelining: 1, keepAliveTimeout: 30_000 });
   const codes: Record<string, number> = {};
-  const runs: Run[] = [];
-  const gapMs = 1000 / opts.rate;
-  const t0 = performance.now();
-  for (let k = 0; k < opts.rate; k++) {
-    // Start instance k at k·gap: a busy-wait-free schedule that tolerates timer lateness.
-    const due = t0 + k * gapMs;
+  const latencies: number[] = [];
+  let errors = 0;
+  const gap = 1000 / opts.rate;
+  const total = Math.round(opts.rate * opts.seconds);
+  const warm = Math.min(total, opts.rate); // the first second opens the connections: not measured
+  const inFlight: Promise<void>[] = [];
+  const t0 = performance.now() + 50;
+  for (let k = 0; k < warm + total; k++) {
+    const due = t0 + k * gap;
     const wait = due - performance.now();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-    runs.push(start(url, requests, k, opts.rate, { url, connections: 1, connectionRate: 1, duration: opts.seconds + 1 } as autocannon.Options, samples, codes));
+    const r = requests[k % requests.length]!;
+    const sent = Math.min(due, performance.now()); // late: from when it was due; early: from its sending
+    inFlight.push(
+      pool
+        .request({ path: r.path, method: r.method as "POST", headers: r.headers, body: r.body })
+        .then(async (res) => {
+          await res.body.dump();
+          if (k < warm) return;
+          codes[res.statusCode] = (codes[res.statusCode] ?? 0) + 1;
+          latencies.push(performance.now() - sent);
+        })
+        .catch(() => {
+          if (k >= warm) errors++;
+        }),
+    );
   }
-  // Measured: from a second after the last instance started (their set-up costs the generator
-  // about 2 ms each, and each first request opens a connection) until the first one ends (an
-  // ending instance computes its own summary, which would delay the others' answers).
-  const from = performance.now() + 1000;
-  const to = t0 + (opts.seconds + 1) * 1000;
-  const results = await Promise.all(runs.map((r) => r.done));
-  const errors = results.reduce((s, r) => s + r.errors + r.timeouts, 0);
-  const kept = samples.ms.filter((_, i) => samples.at[i]! >= from && samples.at[i]! < to);
-  const load = summarise(kept, codes, Math.max(0.001, (to - from) / 1000), errors);
-  return { ...load, rps: kept.length / ((to - from) / 1000) };
+  await Promise.all(inFlight);
+  await pool.close();
+  return summarise(latencies, codes, opts.seconds, errors);
 }

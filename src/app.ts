@@ -16,6 +16,7 @@ import { opsRoutes } from "./http/routes/ops.js";
 import { proxyRoutes } from "./http/routes/proxy.js";
 import { userRoutes } from "./http/routes/users.js";
 import { accessLogger, describeError } from "./log.js";
+import { HashingUnavailable } from "./services/passwords.js";
 
 export const MAX_BODY_BYTES = 32 * 1024;
 export const VERSION = "0.1.0";
@@ -119,6 +120,10 @@ export function createApp(deps: Deps) {
       if (err.extras.retry_after !== undefined) c.header("Retry-After", String(err.extras.retry_after));
       if (err.status >= 500) c.get("log").warn({ err: describeError(err.cause ?? err), error: err.code }, err.message);
       return c.json(errorBody(c, err.code, err.message, err.extras), err.status as 400);
+    }
+    if (err instanceof HashingUnavailable) {
+      c.get("log").error({ err: describeError(err) }, "password hashing unavailable");
+      return c.json(errorBody(c, "unavailable", "password hashing is unavailable right now; retry shortly"), 503);
     }
     if (isDatabaseUnavailable(err)) {
       c.get("log").error({ err: describeError(err) }, "database unavailable");

@@ -9,6 +9,7 @@ import { createPasswordHasher, type PasswordHasher } from "./services/passwords.
 import { createSessionGate, type SessionGate } from "./services/sessions.js";
 import { createTokenService, type TokenService } from "./services/tokens.js";
 import { createAdmission, type Admitter } from "./services/admission.js";
+import { createLocalRefusals, type LocalRefusals } from "./services/refusals.js";
 import { createLimiter, type Limiter } from "./services/rate-limit.js";
 import { createAuditWriter, type AuditWriter } from "./services/audit.js";
 import { createKeyChooser, loadVault, type KeyChooser, type Vault } from "./services/vault.js";
@@ -39,6 +40,8 @@ export type Deps = {
   /** the proxied calls' data access, grouped (services/batch.ts) */
   chooseKey: KeyChooser;
   admit: Admitter;
+  /** callers this instance refuses on its own for a moment, after the database refused them */
+  refusals: LocalRefusals;
   auditWriter: AuditWriter;
   loginLimits: LoginLimits;
 };
@@ -72,18 +75,20 @@ export async function createDeps(input: {
     keyring,
     log: input.log,
     metrics,
-    passwords: input.passwords ?? createPasswordHasher(),
+    passwords: input.passwords ?? createPasswordHasher({ isolated: true }),
     tokens,
     sessions: createSessionGate(database.db, input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
     vault,
     // Each kind of grouped statement on a connection of its own (Database.lane).
     limiter: createLimiter({ query: database.lane("rate_limit_decide") }, { observe: groupObserver(metrics, "rate_limit_decide") }),
     chooseKey: createKeyChooser({ query: database.lane("key_choice") }, { observe: groupObserver(metrics, "key_choice") }),
+    refusals: createLocalRefusals(),
     admit: createAdmission({ query: database.lane("proxy_admit") }, { observe: groupObserver(metrics, "proxy_admit") }),
-    auditWriter: createAuditWriter({ query: database.lane("audit") }, {
-      events: { observe: groupObserver(metrics, "audit_event") },
-      outcomes: { observe: groupObserver(metrics, "audit_outcome") },
-    }),
+    // Audit inserts take no hot lock: two of a kind can run at once, on two connections.
+    auditWriter: createAuditWriter(
+      { events: { query: database.lane("audit_event", 2) }, outcomes: { query: database.lane("audit_outcome", 2) } },
+      { events: { observe: groupObserver(metrics, "audit_event") }, outcomes: { observe: groupObserver(metrics, "audit_outcome") } },
+    ),
     upstream:
       input.upstream ??
       createUpstreamClient({ baseUrl: config.haltmanBaseUrl, timeoutMs: config.upstreamTimeoutMs, bot: config.haltmanBot }),

@@ -41,7 +41,12 @@ export class AppError extends Error {
     readonly extras: ErrorExtras = {},
     options?: { cause?: unknown; headers?: Record<string, string> },
   ) {
+    // No stack trace: these are answers, not faults (a 429 flood made them a tenth of the
+    // service's CPU). A cause keeps its own stack for the logs.
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message, options);
+    Error.stackTraceLimit = limit;
     this.headers = options?.headers ?? {};
     this.name = "AppError";
     this.status = ERROR_STATUS[code];

@@ -66,6 +66,7 @@ async function main() {
     server.close(async () => {
       clearInterval(idle);
       await deps.upstream.close().catch(() => {});
+      await deps.passwords.close?.().catch(() => {});
       await database.close().catch(() => {});
       log.info("stopped");
       process.exit(0);

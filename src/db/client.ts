@@ -31,11 +31,11 @@ export type Database = {
    * RawQuery on a connection of its own, for one kind of grouped statement: the same server
    * backend every time, with that kind's statements pipelined on it. (postgres.js hands out its
    * idle connections round-robin, so a lone statement would go to the backend idle the longest,
-   * whose caches are coldest; a lane keeps one backend warm.) One connection a name, besides the
-   * pool's (instances sharing a Database share its lanes), opened at first use and reconnected
-   * as the pool's are.
+   * whose caches are coldest; a lane keeps its backends warm.) `connections` (1 by default) of its
+   * own a name, besides the pool's (instances sharing a Database share its lanes), opened at first
+   * use and reconnected as the pool's are.
    */
-  lane(name: string): RawQuery;
+  lane(name: string, connections?: number): RawQuery;
   readonly kind: "pglite" | "postgres";
   /** the most connections the pool opens (1 for PGlite, which is one process) */
   readonly poolMax: number;
@@ -72,15 +72,15 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
   const db = drizzle(client, { schema }) as unknown as Db;
   const prepared = (c: typeof client): RawQuery => <T>(text: string, params: readonly SqlParam[]) =>
     c.unsafe(text, params as SqlParam[], { prepare: true }) as unknown as Promise<T[]>;
-  // A lane is a client of one connection (postgres.js reconnects it as it does the pool's; its
+  // A lane is a client of its own (postgres.js reconnects it as it does the pool's; its
   // reserve() was tried and left a reserved connection hanging when the server dropped it).
   const lanes = new Map<string, typeof client>();
   return {
     db,
     query: prepared(client),
-    lane(name) {
+    lane(name, connections = 1) {
       let lane = lanes.get(name);
-      if (!lane) lanes.set(name, (lane = postgres(url, { ...options, max: 1 })));
+      if (!lane) lanes.set(name, (lane = postgres(url, { ...options, max: connections })));
       return prepared(lane);
     },
     kind: "postgres",

@@ -8,7 +8,7 @@ import { AppError, conflict, invalidParams, notFound, rateLimited, unauthorized 
 import { record, type Actor, type RequestMeta } from "./audit.js";
 import { createSession, revokeSessions, rotateRefreshToken } from "./sessions.js";
 
-type AccountDeps = Pick<Deps, "db" | "passwords" | "tokens" | "sessions" | "config" | "loginLimits" | "metrics" | "limiter" | "vault">;
+type AccountDeps = Pick<Deps, "db" | "passwords" | "tokens" | "sessions" | "config" | "loginLimits" | "metrics" | "limiter" | "vault" | "refusals">;
 
 export type UserView = { id: string; username: string; role: UserRole };
 export type UserAdminView = UserView & { disabled: boolean; rate_limits: UserRateLimits; created_at: string };
@@ -213,7 +213,7 @@ export async function listUsers(ex: Executor): Promise<UserAdminView[]> {
 }
 
 export async function updateUser(
-  deps: Pick<AccountDeps, "db" | "sessions">,
+  deps: Pick<AccountDeps, "db" | "sessions" | "refusals">,
   actor: Actor,
   meta: RequestMeta,
   id: string,
@@ -269,6 +269,8 @@ export async function updateUser(
     return { user: after!, revoked };
   });
   deps.sessions.forgetUser(id);
+  // New limits apply from the next call: no refusal of this instance's outlives them.
+  deps.refusals.forgetUser(id);
   return adminView(updated.user);
 }
 

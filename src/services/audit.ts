@@ -137,9 +137,14 @@ const INSERT_OUTCOMES = `with o as (
   )
   select 1`;
 
-export function createAuditWriter(database: Pick<Database, "query">, opts: { events?: BatchOptions; outcomes?: BatchOptions } = {}): AuditWriter {
+/** The audit writer's statements run on `database` (or, split, on a connection set of their own each). */
+export function createAuditWriter(
+  database: Pick<Database, "query"> | { events: Pick<Database, "query">; outcomes: Pick<Database, "query"> },
+  opts: { events?: BatchOptions; outcomes?: BatchOptions } = {},
+): AuditWriter {
+  const on = "events" in database ? database : { events: database, outcomes: database };
   const events = batched<typeof auditEvents.$inferInsert, string>(async (rows) => {
-    await database.query(INSERT_EVENTS, [
+    await on.events.query(INSERT_EVENTS, [
       ...EVENT_COLUMNS.map((k) => pgArray(rows.map((r) => (r[k] ?? null) as string | number | null))),
       pgArray(rows.map((r) => (r.detail ? JSON.stringify(r.detail) : null))),
     ]);
@@ -156,7 +161,7 @@ export function createAuditWriter(database: Pick<Database, "query">, opts: { eve
       if (!seen || r.keyUse.status !== "unchanged") byKey.set(r.keyUse.keyId, r.keyUse);
     }
     const uses = [...byKey.values()].sort((a, b) => (a.keyId < b.keyId ? -1 : a.keyId > b.keyId ? 1 : 0));
-    await database.query(INSERT_OUTCOMES, [
+    await on.outcomes.query(INSERT_OUTCOMES, [
       pgArray(rows.map((r) => r.eventId)),
       pgArray(rows.map((r) => r.outcome)),
       pgArray(rows.map((r) => r.upstreamStatus)),

@@ -1,6 +1,11 @@
-// Password hashing: argon2id at (at least) OWASP's minimum, on a bounded number of libuv threads,
-// so a login storm queues here instead of exhausting memory or starving the database driver.
+// Password hashing: argon2id at (at least) OWASP's minimum, a bounded number at once, so a login
+// storm queues here instead of exhausting memory. The service hashes in a child process of its
+// own at the lowest CPU priority (hash-process.ts): a storm then takes the cores the proxied calls
+// and the database leave idle; the CLI and the tests hash in process.
 import argon2 from "argon2";
+import { fork, type ChildProcess } from "node:child_process";
+import { availableParallelism } from "node:os";
+import { fileURLToPath } from "node:url";
 import { rateLimited } from "../errors.js";
 
 export type HashParams = { memoryCost: number; timeCost: number; parallelism: number };
@@ -18,6 +23,110 @@ export function passwordLength(p: string): number {
   return n;
 }
 
+/**
+ * Hashes at once by default. In process: all the cores but one (at least one): each hash keeps a
+ * core busy for ~50 ms, and two at once on two cores left the proxied calls and PostgreSQL too
+ * little during a login storm. In the low-priority child: one a core, since they only take idle time.
+ */
+export function defaultHashConcurrency(isolated = false): number {
+  return isolated ? availableParallelism() : Math.max(1, availableParallelism() - 1);
+}
+
+type HashOptions = HashParams & { type: number };
+
+/** Where the hashing happens. */
+type Engine = {
+  hash(password: string, options: HashOptions): Promise<string>;
+  verify(hash: string, password: string): Promise<boolean>;
+  close(): Promise<void>;
+  /** the hashing process, when there is one (tests) */
+  pid?(): number | undefined;
+};
+
+const inProcess: Engine = {
+  hash: (password, options) => argon2.hash(password, options as Parameters<typeof argon2.hash>[1] & { raw?: false }),
+  verify: (hash, password) => argon2.verify(hash, password).catch(() => false),
+  close: async () => {},
+};
+
+/**
+ * argon2 in a child process (hash-process.ts) at the lowest priority. Started at first use and
+ * again after it ended; a hash in progress when it ends fails (the login answers 503). Passwords
+ * go to it over the IPC pipe between the two processes, nowhere else.
+ */
+function childProcessEngine(): Engine {
+  const here = fileURLToPath(import.meta.url);
+  const entry = here.replace(/passwords\.(ts|js)$/, "hash-process.$1");
+  let child: ChildProcess | undefined;
+  let next = 0;
+  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
+  const failAll = () => {
+    for (const p of pending.values()) p.reject(new HashingUnavailable());
+    pending.clear();
+  };
+  const get = () => {
+    if (child) return child;
+    // From the sources (tests, `npm run dev`), the child needs the TypeScript loader too.
+    const execArgv = entry.endsWith(".ts") ? ["--import", "tsx"] : process.execArgv;
+    const c = fork(entry, [], { execArgv, stdio: ["ignore", "ignore", "inherit", "ipc"], serialization: "advanced" });
+    c.on("message", (m: { id: number; ok: boolean; value?: unknown }) => {
+      const p = pending.get(m.id);
+      if (!p) return;
+      pending.delete(m.id);
+      if (m.ok) p.resolve(m.value);
+      else p.reject(new HashingUnavailable());
+    });
+    const gone = () => {
+      if (child === c) child = undefined;
+      failAll();
+    };
+    c.on("exit", gone);
+    c.on("error", gone);
+    // Neither keeps the service alive: it ends when the server does.
+    c.unref();
+    (c.channel as { unref?: () => void } | undefined)?.unref?.();
+    child = c;
+    return c;
+  };
+  const ask = <T>(msg: Record<string, unknown>) =>
+    new Promise<T>((resolve, reject) => {
+      const id = ++next;
+      pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      try {
+        get().send({ id, ...msg }, (err) => {
+          if (err && pending.delete(id)) reject(new HashingUnavailable());
+        });
+      } catch {
+        pending.delete(id);
+        reject(new HashingUnavailable());
+      }
+    });
+  return {
+    hash: (password, options) => ask<string>({ op: "hash", password, options }),
+    verify: (hash, password) => ask<boolean>({ op: "verify", hash, password }),
+    async close() {
+      const c = child;
+      child = undefined;
+      if (c && c.exitCode === null) {
+        const ended = new Promise((r) => c.once("exit", r));
+        c.kill();
+        await ended;
+      }
+      failAll();
+    },
+    pid: () => child?.pid,
+  };
+}
+
+/** The hashing process could not answer (it ended, or could not be started). */
+export class HashingUnavailable extends Error {
+  readonly code = "HASHING_UNAVAILABLE";
+  constructor() {
+    super("password hashing is unavailable");
+    this.name = "HashingUnavailable";
+  }
+}
+
 export type PasswordHasher = {
   hash(password: string): Promise<string>;
   /** Verifies; `needsRehash` when the stored parameters are weaker than the current ones. */
@@ -27,6 +136,10 @@ export type PasswordHasher = {
   readonly params: HashParams;
   /** hashes running and waiting, for /metrics */
   stats(): { running: number; waiting: number };
+  /** Ends the hashing process, if any (shutdown). */
+  close?(): Promise<void>;
+  /** the hashing process's pid, when hashing is isolated and it runs */
+  processId?(): number | undefined;
 };
 
 export function createPasswordHasher(opts: {
@@ -35,9 +148,12 @@ export function createPasswordHasher(opts: {
   concurrency?: number;
   /** queued beyond this, a login is refused at once with 429 rather than waiting */
   maxWaiting?: number;
+  /** hash in a child process at the lowest CPU priority (the service does; the CLI does not) */
+  isolated?: boolean;
 } = {}): PasswordHasher {
   const params = opts.params ?? DEFAULT_HASH_PARAMS;
-  const concurrency = opts.concurrency ?? 2;
+  const engine = opts.isolated ? childProcessEngine() : inProcess;
+  const concurrency = opts.concurrency ?? defaultHashConcurrency(opts.isolated);
   const maxWaiting = opts.maxWaiting ?? 64;
   let running = 0;
   const waiting: Array<() => void> = [];
@@ -66,16 +182,21 @@ export function createPasswordHasher(opts: {
 
   return {
     params,
-    hash: (password) => withSlot(() => argon2.hash(password, options)),
+    hash: (password) => withSlot(() => engine.hash(password, options)),
     async verify(hash, password) {
-      const ok = await withSlot(() => argon2.verify(hash, password).catch(() => false));
+      const ok = await withSlot(() => engine.verify(hash, password));
       return { ok, needsRehash: ok && argon2.needsRehash(hash, params) };
     },
     async verifyDummy(password) {
       dummy ??= argon2.hash("haltman-bff dummy password", options);
-      const h = await dummy;
-      await withSlot(() => argon2.verify(h, password).catch(() => false));
+      const h = await dummy.catch((err) => {
+        dummy = undefined;
+        throw err;
+      });
+      await withSlot(() => engine.verify(h, password));
     },
     stats: () => ({ running, waiting: waiting.length }),
+    close: () => engine.close(),
+    processId: () => engine.pid?.(),
   };
 }

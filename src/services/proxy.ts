@@ -15,7 +15,7 @@ import type { Admission } from "./admission.js";
 import { pauseUpstream, peekStates } from "./rate-limit.js";
 import { openStoredKey, userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
 
-export type ProxyDeps = Pick<Deps, "db" | "config" | "metrics" | "admit" | "upstream" | "chooseKey" | "auditWriter" | "vault">;
+export type ProxyDeps = Pick<Deps, "db" | "config" | "metrics" | "admit" | "upstream" | "chooseKey" | "auditWriter" | "vault" | "refusals">;
 
 export type ProxyRequest = {
   user: Caller;
@@ -120,6 +120,18 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
   let chosen = await chooseKey(idemKey !== undefined);
   key = chosen;
 
+  // A caller the database has just refused for their own limit is refused here, until the
+  // database said their next call could pass (at most a second: services/refusals.ts). Audited
+  // like every refusal; the RateLimit states are those the database answered.
+  const local = idemKey === undefined ? deps.refusals.check(user.id, op) : undefined;
+  if (local) {
+    const waitMs = Math.max(0, local.nextAllowed - performance.now());
+    const err = rateLimited("user", Math.max(1, Math.ceil(waitMs / 1000)));
+    err.headers = rateLimitHeaders(local.states.map((st) => (st.name === "user" ? { ...st, remaining: 0, resetS: Math.max(st.resetS, Math.ceil(waitMs / 1000)) } : st)));
+    deps.metrics.rateLimitRefusals.inc({ reason: "user" });
+    return refuse(err, "rate_limited", { reason: "user" });
+  }
+
   // 3. Idempotency (create only): a replay never reaches the limits or upstream.
   let claimToken: string | undefined;
   let claimedFor: string | undefined;
@@ -159,9 +171,11 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     // database no longer agrees with is made again, fresh, and asked again.
     const eventId = randomUUID();
     let admission: Admission | undefined;
+    let askedAt = 0;
     for (let round = 0; round < 3; round++) {
       const replay = await claimFor(chosen);
       if (replay) return replay;
+      askedAt = performance.now();
       admission = await deps.admit({
         caller: user,
         key: chosen,
@@ -180,6 +194,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     const limitHeaders = rateLimitHeaders(decision.states);
     if (!decision.allowed) {
       const reason = decision.refusedBy ?? "global";
+      if (reason === "user" && idemKey === undefined) deps.refusals.note(user.id, op, askedAt, decision.retryAfterMs, decision.states);
       deps.metrics.rateLimitRefusals.inc({ reason });
       const err = rateLimited(reason, decision.retryAfterS);
       err.headers = limitHeaders;

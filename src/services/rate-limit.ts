@@ -27,6 +27,8 @@ export type Decision = {
   paused?: boolean;
   /** when refused: seconds until this call would pass */
   retryAfterS: number;
+  /** the same, exactly, in milliseconds (0 when allowed) */
+  retryAfterMs: number;
   /** when refused: the first bucket that refused */
   refusedBy?: string;
   states: BucketState[];
@@ -115,7 +117,7 @@ export function createLimiter(database: Pick<Database, "query">, opts: BatchOpti
 
   return {
     decide(buckets, o = {}) {
-      if (buckets.length === 0) return Promise.resolve({ allowed: true, retryAfterS: 0, states: [] });
+      if (buckets.length === 0) return Promise.resolve({ allowed: true, retryAfterS: 0, retryAfterMs: 0, states: [] });
       return run({ buckets, opts: o });
     },
   };
@@ -145,6 +147,7 @@ export function toDecision(buckets: Bucket[], cost: number, allowed: boolean, pa
   return {
     allowed,
     retryAfterS: allowed ? 0 : Math.max(1, Math.ceil(retryMs / 1000)),
+    retryAfterMs: allowed ? 0 : retryMs,
     ...(refusedBy ? { refusedBy } : {}),
     ...(refusedBy === "upstream" ? { paused: true } : {}),
     states,

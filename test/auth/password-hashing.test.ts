@@ -136,3 +136,15 @@ function expectLoginFails(r: { status: number; json: { error?: string } }) {
   expect(r.status).toBe(401);
   expect(r.json.error).toBe("invalid_credentials");
 }
+
+describe("the default number of hashes at once", () => {
+  it("is all the cores but one, at least one: the rest wait", async () => {
+    const { availableParallelism } = await import("node:os");
+    const hasher = createPasswordHasher({ params: FAST_HASH });
+    const all = Array.from({ length: 6 }, (_, i) => hasher.hash(`password-${i}`));
+    const cap = Math.max(1, availableParallelism() - 1);
+    expect(hasher.stats()).toEqual({ running: Math.min(6, cap), waiting: Math.max(0, 6 - cap) });
+    await Promise.all(all);
+    expect(hasher.stats()).toEqual({ running: 0, waiting: 0 });
+  });
+});

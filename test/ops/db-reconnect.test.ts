@@ -30,7 +30,7 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("the database drops the service'
   let n = 0;
   const create = () => svc.call("POST", CREATE, { token, json: { handle: `reconnect-${process.pid}-${++n}` } });
 
-  it("calls in the outage are 503 or served, never 500; within a second the service serves again", async () => {
+  it("calls in the outage are 503 or served, never 500; then the service serves again", async () => {
     expect((await create()).status).toBe(200);
     const admin = await openPostgres(svc.database.url!, { max: 1 });
     try {
@@ -41,12 +41,12 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("the database drops the service'
       await admin.close();
     }
     const statuses: number[] = [];
-    const deadline = Date.now() + 5_000;
+    const deadline = Date.now() + 10_000;
     let served = false;
     while (!served && Date.now() < deadline) {
       const r = await create();
       statuses.push(r.status);
-      expect([200, 503], r.text).toContain(r.status);
+      expect([200, 503], `${r.status} ${r.text}`).toContain(r.status);
       served = r.status === 200;
       if (!served) await new Promise((res) => setTimeout(res, 100));
     }

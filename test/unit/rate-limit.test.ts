@@ -141,7 +141,7 @@ describe("decide()", () => {
   it("no buckets: allowed, and nothing is written", async () => {
     const [before] = await rowsOf<{ n: number }>(database.db, sql`select count(*)::int as n from rate_limit_buckets`);
     const r = await decide(database, []);
-    expect(r).toEqual({ allowed: true, retryAfterS: 0, states: [] });
+    expect(r).toEqual({ allowed: true, retryAfterS: 0, retryAfterMs: 0, states: [] });
     const [after] = await rowsOf<{ n: number }>(database.db, sql`select count(*)::int as n from rate_limit_buckets`);
     expect(after!.n).toBe(before!.n);
   });

@@ -1,0 +1,59 @@
+// The service hashes passwords in a child process at the lowest CPU priority (services/
+// hash-process.ts), so that a login storm takes idle cores rather than the proxied calls'. The
+// hashes it makes and checks are the same as in process; when it dies, the next hash starts another.
+import { readFileSync } from "node:fs";
+import argon2 from "argon2";
+import { afterAll, describe, expect, it } from "vitest";
+import { createPasswordHasher, HashingUnavailable } from "../../src/services/passwords.js";
+import { FAST_HASH } from "../helpers/harness.js";
+
+const hasher = createPasswordHasher({ params: FAST_HASH, isolated: true });
+afterAll(() => hasher.close?.());
+
+/** A process's nice value (field 19 of /proc/<pid>/stat). */
+const niceOf = (pid: number) => Number(readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")[16]);
+
+describe("hashing in a low-priority child process", () => {
+  it("hashes argon2id that argon2 itself verifies, and verifies argon2's own hashes", async () => {
+    const h = await hasher.hash("correct horse battery staple");
+    expect(h).toMatch(/^\$argon2id\$/);
+    expect(await argon2.verify(h, "correct horse battery staple")).toBe(true);
+    const mine = await argon2.hash("another password", { type: argon2.argon2id, ...FAST_HASH });
+    expect(await hasher.verify(mine, "another password")).toEqual({ ok: true, needsRehash: false });
+    expect((await hasher.verify(mine, "wrong password")).ok).toBe(false);
+    expect((await hasher.verify("not a hash", "x")).ok).toBe(false);
+  });
+
+  it("runs in another process, at nice 19", async () => {
+    await hasher.hash("warm");
+    const pid = hasher.processId?.();
+    expect(pid).toBeTypeOf("number");
+    expect(pid).not.toBe(process.pid);
+    expect(niceOf(pid!)).toBe(19);
+  });
+
+  it("a hash under way when the process dies fails as unavailable; the next one starts a new process", async () => {
+    await hasher.hash("warm");
+    const first = hasher.processId?.()!;
+    const slow = createPasswordHasher({ params: { memoryCost: 65_536, timeCost: 8, parallelism: 1 }, isolated: true });
+    try {
+      const inFlight = slow.hash("slow one");
+      await new Promise((r) => setTimeout(r, 50));
+      process.kill(slow.processId?.()!, "SIGKILL");
+      await expect(inFlight).rejects.toBeInstanceOf(HashingUnavailable);
+      const again = await slow.hash("after");
+      expect(again).toMatch(/^\$argon2id\$/);
+    } finally {
+      await slow.close?.();
+    }
+    expect(hasher.processId?.()).toBe(first); // the other hasher's process is its own
+  });
+
+  it("close() ends the process", async () => {
+    const h = createPasswordHasher({ params: FAST_HASH, isolated: true });
+    await h.hash("x");
+    const pid = h.processId?.()!;
+    await h.close?.();
+    expect(() => process.kill(pid, 0)).toThrow();
+  });
+});
