@@ -3,24 +3,20 @@
 // decision, each refusal still audited and answered as the contract says; never a call the
 // database would have admitted; an admin's change of the caller's limits ends it.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startSimulator, type Simulator } from "../../src/simulator/server.js";
-import { expectErrorBody, startService, type Service } from "../helpers/harness.js";
-import { CREATE, HIGH_LIMITS, newApiKey, parseSfList } from "../proxy/common.js";
+import type { Simulator } from "../../src/simulator/server.js";
+import { expectErrorBody, type Service } from "../helpers/harness.js";
+import { CREATE, newApiKey, startTwoInstances, parseSfList } from "../proxy/common.js";
 
 let sim: Simulator;
 let a: Service;
 let b: Service;
+let pair: Awaited<ReturnType<typeof startTwoInstances>>;
 
 beforeAll(async () => {
-  sim = await startSimulator({});
-  a = await startService({ env: { HALTMAN_BASE_URL: sim.url, ...HIGH_LIMITS } });
-  b = await startService({ env: { HALTMAN_BASE_URL: sim.url, ...HIGH_LIMITS }, database: a.database });
+  pair = await startTwoInstances();
+  ({ sim, a, b } = pair);
 });
-afterAll(async () => {
-  await b?.close();
-  await a?.close();
-  await sim?.close();
-});
+afterAll(() => pair?.close());
 
 let n = 0;
 const create = (svc: Service, token: string) => svc.call("POST", CREATE, { token, json: { handle: `lr-${process.pid}-${++n}` } });

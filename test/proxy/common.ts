@@ -304,3 +304,20 @@ export async function uncaughtDuring<T>(fn: () => Promise<T>, settleMs = 100): P
     process.off("unhandledRejection", onError);
   }
 }
+
+/** A simulator and two service instances sharing one database (instance b knows nothing of a's memory). */
+export async function startTwoInstances(): Promise<{ sim: Simulator; a: Service; b: Service; close(): Promise<void> }> {
+  const sim = await startSimulator({});
+  const a = await startService({ env: { HALTMAN_BASE_URL: sim.url, ...HIGH_LIMITS } });
+  const b = await startService({ env: { HALTMAN_BASE_URL: sim.url, ...HIGH_LIMITS }, database: a.database });
+  return {
+    sim,
+    a,
+    b,
+    async close() {
+      await b.close();
+      await a.close();
+      await sim.close();
+    },
+  };
+}

@@ -4,24 +4,20 @@
 // is made through instance B, which A knows nothing of. A's very next call must follow the
 // database: nothing stale may reach upstream, spend quota or be audited as an attempt.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { expectErrorBody, startService, type Service } from "../helpers/harness.js";
-import { startSimulator, type Simulator } from "../../src/simulator/server.js";
-import { CREATE, HIGH_LIMITS, newApiKey, parseSfList } from "./common.js";
+import { expectErrorBody, type Service } from "../helpers/harness.js";
+import type { Simulator } from "../../src/simulator/server.js";
+import { CREATE, newApiKey, startTwoInstances, parseSfList } from "./common.js";
 
 let sim: Simulator;
 let a: Service;
 let b: Service;
+let pair: Awaited<ReturnType<typeof startTwoInstances>>;
 
 beforeAll(async () => {
-  sim = await startSimulator({});
-  a = await startService({ env: { HALTMAN_BASE_URL: sim.url, ...HIGH_LIMITS } });
-  b = await startService({ env: { HALTMAN_BASE_URL: sim.url, ...HIGH_LIMITS }, database: a.database });
+  pair = await startTwoInstances();
+  ({ sim, a, b } = pair);
 });
-afterAll(async () => {
-  await b?.close();
-  await a?.close();
-  await sim?.close();
-});
+afterAll(() => pair?.close());
 
 let n = 0;
 const handle = () => `rc-${process.pid}-${++n}`;
