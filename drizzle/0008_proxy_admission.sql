@@ -12,19 +12,18 @@
 -- none of its pause scopes is active; an admitted request spends cost x T in each of its buckets,
 -- a refused one spends nothing, a skipped one (p_skip[req + 1]) is not decided (o_allowed null).
 -- Times are the database's, never an instance's:
--- - missing buckets are created first, then every bucket row is locked, both in one fixed order
---   (no deadlock between concurrent groups, whatever their keys): per-user buckets first, the
---   shared ones last (the stored keys', then `global`), so the rows every call needs are held for
---   the shortest time;
+-- - every bucket row is created if missing and locked by one statement, in one fixed order (no
+--   deadlock between concurrent groups, whatever their keys): per-user buckets first, the shared
+--   ones last (the stored keys', then `global`), so the rows every call needs are held for the
+--   shortest time; an existing row is locked by the upsert itself (DO UPDATE ... WHERE false locks
+--   without writing), so housekeeping cannot delete it between its creation and its use;
 -- - the clock is read once the locks are held (a wait on a busy row must not date a decision);
 -- - the capacity test tolerates a microsecond of float error (epoch milliseconds are ~1.8e12, a
 --   float step ~0.24 us: a burst's last call must not be refused for it);
 -- - a bucket records the emission interval (t_ms) its TAT was counted in: when a policy changes (an
 --   admin override), the backlog is rescaled so calls already made still count;
--- - the new state is written with an upsert, so a bucket row deleted by housekeeping between the
---   creation and the lock (it only deletes buckets idle for an hour) still records its calls.
-DROP FUNCTION rate_limit_decide(int[], text[], float8[], float8[], float8[], int[], text[]);
---> statement-breakpoint
+-- - the 7-argument rate_limit_decide() of 0004 stays, for instances of the previous version
+--   during a rolling upgrade.
 CREATE FUNCTION rate_limit_lock_rank(k text) RETURNS int LANGUAGE sql IMMUTABLE PARALLEL SAFE
   AS $$ SELECT CASE WHEN k = 'global' THEN 2 WHEN k LIKE 'key:%' THEN 1 ELSE 0 END $$;
 --> statement-breakpoint
@@ -36,7 +35,10 @@ CREATE FUNCTION rate_limit_decide(
   -- bucket's TAT was when the request was decided
   OUT o_allowed boolean[], OUT o_pause_ms float8[], OUT o_worst int[], OUT o_wait_ms float8[]
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- generic plans for the statements inside, on any connection (see db/client.ts, lanes)
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
   n int := coalesce(array_length(p_req, 1), 0);
   np int := coalesce(array_length(p_pause_req, 1), 0);
@@ -70,8 +72,7 @@ BEGIN
 
   INSERT INTO rate_limit_buckets AS bk (key, tat)
     SELECT u.k, now() FROM unnest(p_keys) AS u(k) ORDER BY rate_limit_lock_rank(u.k), u.k
-    ON CONFLICT ON CONSTRAINT rate_limit_buckets_pkey DO NOTHING;
-  -- A row missing here (deleted since) reads as a full bucket: TAT 0, no interval.
+    ON CONFLICT ON CONSTRAINT rate_limit_buckets_pkey DO UPDATE SET tat = bk.tat WHERE false;
   SELECT array_agg(coalesce(extract(epoch from l.tat) * 1000, 0) ORDER BY s.i), array_agg(l.t_ms ORDER BY s.i)
     INTO tat, tms
     FROM unnest(p_keys) WITH ORDINALITY AS s(k, i)
@@ -168,7 +169,10 @@ CREATE FUNCTION proxy_admit(
   OUT o_verified boolean[], OUT o_allowed boolean[], OUT o_pause_ms float8[], OUT o_wait_ms float8[],
   OUT o_owner uuid[], OUT o_sealed bytea[], OUT o_wrapped bytea[], OUT o_keyring text[]
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- generic plans for the statements inside, on any connection (see db/client.ts, lanes)
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
   m int := coalesce(array_length(p_user, 1), 0);
   d record;

@@ -30,6 +30,7 @@ const UNAVAILABLE_CODES = new Set([
   "40P01", // deadlock_detected: PostgreSQL broke a lock cycle; the request may be retried
   "40001", // serialization_failure: likewise
   "42P01", // undefined_table: a store taken away (a botched migration or restore) is down, not a bug of the request
+  "42883", // undefined_function: likewise (a database of another version)
 ]);
 const UNAVAILABLE_CLASSES = ["08", "53", "57"]; // connection, resources, operator intervention
 

@@ -84,9 +84,10 @@ export async function createDeps(input: {
     chooseKey: createKeyChooser({ query: database.lane("key_choice") }, { observe: groupObserver(metrics, "key_choice") }),
     refusals: createLocalRefusals(),
     admit: createAdmission({ query: database.lane("proxy_admit") }, { observe: groupObserver(metrics, "proxy_admit") }),
-    // Audit inserts take no hot lock: two of a kind can run at once, on two connections.
+    // Events take no row lock: two groups can be written at once, on two connections. Outcomes
+    // also mark their keys' rows: one connection, so two groups never take them in opposite orders.
     auditWriter: createAuditWriter(
-      { events: { query: database.lane("audit_event", 2) }, outcomes: { query: database.lane("audit_outcome", 2) } },
+      { events: { query: database.lane("audit_event", 2) }, outcomes: { query: database.lane("audit_outcome") } },
       { events: { observe: groupObserver(metrics, "audit_event") }, outcomes: { observe: groupObserver(metrics, "audit_outcome") } },
     ),
     upstream:

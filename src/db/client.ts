@@ -62,11 +62,7 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
     types: { bigint: postgres.BigInt },
     transform: { undefined: null },
     onnotice: () => {},
-    // Generic plans for prepared statements (and PL/pgSQL's): the grouped statements take arrays,
-    // whose custom plans PostgreSQL would otherwise keep re-making on every execution, since
-    // they look cheaper than a generic plan that assumes 100 elements. drizzle's own queries
-    // are unnamed one-shot statements, planned with their parameters whatever this says.
-    connection: { application_name: appName, plan_cache_mode: "force_generic_plan" },
+    connection: { application_name: appName } as Record<string, string>,
   };
   const client = postgres(url, { ...options, max });
   const db = drizzle(client, { schema }) as unknown as Db;
@@ -80,7 +76,24 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
     query: prepared(client),
     lane(name, connections = 1) {
       let lane = lanes.get(name);
-      if (!lane) lanes.set(name, (lane = postgres(url, { ...options, max: connections })));
+      if (!lane) {
+        lane = postgres(url, {
+          ...options,
+          max: connections,
+          connection: {
+            ...options.connection,
+            // Generic plans for the grouped statements (and PL/pgSQL's inside them): they take
+            // arrays, whose custom plans PostgreSQL would otherwise re-make on every execution
+            // (they look cheaper than a generic plan that assumes 100 elements). Only here: the
+            // pool's ad hoc queries (audit listings on skewed columns) keep their custom plans.
+            plan_cache_mode: "force_generic_plan",
+            // A grouped statement stuck (a lock held elsewhere, a connection gone quiet) fails
+            // its group with 503 rather than holding every call of its kind behind it.
+            statement_timeout: 5000,
+          },
+        });
+        lanes.set(name, lane);
+      }
       return prepared(lane);
     },
     kind: "postgres",
@@ -106,7 +119,6 @@ export async function openPglite(dataDir: string | undefined, opts: { loadDataDi
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
   const client = await PGlite.create({ ...(dir ? { dataDir: dir } : {}), ...(opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {}) });
-  await client.exec("set plan_cache_mode = force_generic_plan"); // as on the server (see openPostgres)
   const db = drizzle(client, { schema }) as unknown as Db;
   const query = async <T>(text: string, params: readonly SqlParam[]) => (await client.query<T>(text, params as SqlParam[])).rows;
   return {

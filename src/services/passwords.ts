@@ -54,31 +54,44 @@ const inProcess: Engine = {
  * again after it ended; a hash in progress when it ends fails (the login answers 503). Passwords
  * go to it over the IPC pipe between the two processes, nowhere else.
  */
-function childProcessEngine(): Engine {
+function childProcessEngine(timeoutMs: number): Engine {
   const here = fileURLToPath(import.meta.url);
   const entry = here.replace(/passwords\.(ts|js)$/, "hash-process.$1");
   let child: ChildProcess | undefined;
   let next = 0;
-  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
-  const failAll = () => {
-    for (const p of pending.values()) p.reject(new HashingUnavailable());
-    pending.clear();
+  type Pending = { resolve: (v: unknown) => void; reject: (e: unknown) => void; child: ChildProcess; timer: NodeJS.Timeout };
+  const pending = new Map<number, Pending>();
+  const settle = (id: number) => {
+    const p = pending.get(id);
+    if (p) {
+      pending.delete(id);
+      clearTimeout(p.timer);
+    }
+    return p;
+  };
+  /** Fails what was asked of that process (or of any), not of one started since. */
+  const failAll = (of?: ChildProcess) => {
+    for (const [id, p] of pending) if (!of || p.child === of) settle(id)!.reject(new HashingUnavailable());
   };
   const get = () => {
     if (child) return child;
-    // From the sources (tests, `npm run dev`), the child needs the TypeScript loader too.
-    const execArgv = entry.endsWith(".ts") ? ["--import", "tsx"] : process.execArgv;
-    const c = fork(entry, [], { execArgv, stdio: ["ignore", "ignore", "inherit", "ipc"], serialization: "advanced" });
+    // None of the service's node flags (an --inspect port, an --env-file); from the sources
+    // (tests, `npm run dev`), the TypeScript loader.
+    const execArgv = entry.endsWith(".ts") ? ["--import", "tsx"] : [];
+    // None of the service's environment (it holds the keyring and the database's URL), but glibc's
+    // arena settings: that process is where argon2's 19 MiB buffers live (see the Dockerfile).
+    const env: Record<string, string> = {};
+    for (const k of ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "PATH"]) if (process.env[k]) env[k] = process.env[k]!;
+    const c = fork(entry, [], { execArgv, env, stdio: ["ignore", "ignore", "inherit", "ipc"], serialization: "advanced" });
     c.on("message", (m: { id: number; ok: boolean; value?: unknown }) => {
-      const p = pending.get(m.id);
+      const p = settle(m.id);
       if (!p) return;
-      pending.delete(m.id);
       if (m.ok) p.resolve(m.value);
       else p.reject(new HashingUnavailable());
     });
     const gone = () => {
       if (child === c) child = undefined;
-      failAll();
+      failAll(c);
     };
     c.on("exit", gone);
     c.on("error", gone);
@@ -91,15 +104,21 @@ function childProcessEngine(): Engine {
   const ask = <T>(msg: Record<string, unknown>) =>
     new Promise<T>((resolve, reject) => {
       const id = ++next;
-      pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      let c: ChildProcess;
       try {
-        get().send({ id, ...msg }, (err) => {
-          if (err && pending.delete(id)) reject(new HashingUnavailable());
-        });
+        c = get();
       } catch {
-        pending.delete(id);
         reject(new HashingUnavailable());
+        return;
       }
+      // A hash that takes this long (the machine saturated: the child only gets idle time) is
+      // answered 503 rather than holding the login for ever.
+      const timer = setTimeout(() => settle(id)?.reject(new HashingUnavailable()), timeoutMs);
+      timer.unref();
+      pending.set(id, { resolve: resolve as (v: unknown) => void, reject, child: c, timer });
+      c.send({ id, ...msg }, (err) => {
+        if (err) settle(id)?.reject(new HashingUnavailable());
+      });
     });
   return {
     hash: (password, options) => ask<string>({ op: "hash", password, options }),
@@ -118,7 +137,10 @@ function childProcessEngine(): Engine {
   };
 }
 
-/** The hashing process could not answer (it ended, or could not be started). */
+/** The longest a hash may wait in the hashing process before its login answers 503. */
+export const HASH_TIMEOUT_MS = 15_000;
+
+/** The hashing process could not answer (it ended, could not be started, or took too long). */
 export class HashingUnavailable extends Error {
   readonly code = "HASHING_UNAVAILABLE";
   constructor() {
@@ -150,9 +172,11 @@ export function createPasswordHasher(opts: {
   maxWaiting?: number;
   /** hash in a child process at the lowest CPU priority (the service does; the CLI does not) */
   isolated?: boolean;
+  /** isolated: the longest a hash may take before its login answers 503 */
+  timeoutMs?: number;
 } = {}): PasswordHasher {
   const params = opts.params ?? DEFAULT_HASH_PARAMS;
-  const engine = opts.isolated ? childProcessEngine() : inProcess;
+  const engine = opts.isolated ? childProcessEngine(opts.timeoutMs ?? HASH_TIMEOUT_MS) : inProcess;
   const concurrency = opts.concurrency ?? defaultHashConcurrency(opts.isolated);
   const maxWaiting = opts.maxWaiting ?? 64;
   let running = 0;

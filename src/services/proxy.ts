@@ -183,7 +183,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
         pauses: pauseScopes(op, chosen.id),
         attempt: { eventId, action, handle, domain, meta },
       });
-      if (admission.verified) break;
+      if (admission.verified || round === 2) break;
       deps.chooseKey.forget(user, req.keyIdHeader);
       key = undefined;
       chosen = await chooseKey(true);

@@ -24,12 +24,20 @@ describe("hashing in a low-priority child process", () => {
     expect((await hasher.verify("not a hash", "x")).ok).toBe(false);
   });
 
-  it("runs in another process, at nice 19", async () => {
-    await hasher.hash("warm");
-    const pid = hasher.processId?.();
-    expect(pid).toBeTypeOf("number");
-    expect(pid).not.toBe(process.pid);
-    expect(niceOf(pid!)).toBe(19);
+  it("runs in another process, at nice 19, without the service's environment", async () => {
+    process.env.HBFF_TEST_SECRET_CANARY = "canary-value-not-for-the-hasher";
+    const h = createPasswordHasher({ params: FAST_HASH, isolated: true });
+    try {
+      await h.hash("warm");
+      const pid = h.processId?.();
+      expect(pid).toBeTypeOf("number");
+      expect(pid).not.toBe(process.pid);
+      expect(niceOf(pid!)).toBe(19);
+      expect(readFileSync(`/proc/${pid}/environ`, "utf8")).not.toContain("canary-value-not-for-the-hasher");
+    } finally {
+      delete process.env.HBFF_TEST_SECRET_CANARY;
+      await h.close?.();
+    }
   });
 
   it("a hash under way when the process dies fails as unavailable; the next one starts a new process", async () => {
@@ -47,6 +55,16 @@ describe("hashing in a low-priority child process", () => {
       await slow.close?.();
     }
     expect(hasher.processId?.()).toBe(first); // the other hasher's process is its own
+  });
+
+  it("a hash that takes longer than the timeout fails as unavailable, and the next one still works", async () => {
+    const h = createPasswordHasher({ params: { memoryCost: 65_536, timeCost: 20, parallelism: 1 }, isolated: true, timeoutMs: 30 });
+    try {
+      await expect(h.hash("too slow")).rejects.toBeInstanceOf(HashingUnavailable);
+    } finally {
+      await h.close?.();
+    }
+    expect(await hasher.hash("quick")).toMatch(/^\$argon2id\$/);
   });
 
   it("close() ends the process", async () => {
