@@ -164,8 +164,8 @@ CREATE FUNCTION proxy_admit(
   p_user uuid[], p_key uuid[], p_only boolean[], p_limits text[],
   p_event uuid[], p_request_id text[], p_actor_username text[], p_action text[],
   p_handle text[], p_domain text[], p_ip text[], p_user_agent text[],
-  p_keys text[], p_req int[], p_idx int[], p_t float8[], p_period float8[], p_cost float8[], p_name text[],
-  p_pause_req int[], p_pause_scope text[],
+  p_keys text[], p_req int[], p_idx int[], p_t float8[], p_period float8[], p_cost float8[],
+  p_pause_req int[], p_pause_scope text[], p_name text[],
   OUT o_verified boolean[], OUT o_allowed boolean[], OUT o_pause_ms float8[], OUT o_wait_ms float8[],
   OUT o_owner uuid[], OUT o_sealed bytea[], OUT o_wrapped bytea[], OUT o_keyring text[]
 )

@@ -9,7 +9,7 @@ import { pgArray } from "../db/arrays.js";
 import type { KeyEnvelope, KeyRowRef } from "../crypto/envelope.js";
 import { auditRow, type AuditAction, type RequestMeta } from "./audit.js";
 import { batched, type BatchOptions } from "./batch.js";
-import { bucketArrays, toDecision, type Bucket, type Decision } from "./rate-limit.js";
+import { bucketArrays, decideArgs, toDecision, waitsByRequest, type Bucket, type Decision } from "./rate-limit.js";
 import type { Caller, ChosenKey } from "./vault.js";
 
 export type AdmissionRequest = {
@@ -43,7 +43,7 @@ type Row = {
 const ADMIT = `select o_verified, o_allowed, o_pause_ms, o_wait_ms, o_owner, o_sealed, o_wrapped, o_keyring
   from proxy_admit($1::uuid[], $2::uuid[], $3::boolean[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[],
     $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::int[], $16::float8[], $17::float8[],
-    $18::float8[], $19::text[], $20::int[], $21::text[])`;
+    $18::float8[], $19::int[], $20::text[], $21::text[])`;
 
 export function createAdmission(database: Pick<Database, "query">, opts: BatchOptions = {}): Admitter {
   return batched<AdmissionRequest, Admission>(async (group) => {
@@ -68,23 +68,14 @@ export function createAdmission(database: Pick<Database, "query">, opts: BatchOp
       col((i) => rows[i]!.domain ?? null),
       col((i) => rows[i]!.ip ?? null),
       col((i) => rows[i]!.userAgent ?? null),
-      pgArray(b.keys),
-      pgArray(b.req),
-      pgArray(b.idx),
-      pgArray(b.t),
-      pgArray(b.period),
-      pgArray(b.cost),
+      ...decideArgs(b),
       pgArray(b.name),
-      pgArray(b.pauseReq),
-      pgArray(b.pauseScope),
     ]);
-    let at = 0;
+    const waits = waitsByRequest(group, a?.o_wait_ms);
     return group.map((r, i): Admission => {
-      const waits = (a?.o_wait_ms ?? []).slice(at, at + r.buckets.length).map(Number);
-      at += r.buckets.length;
       if (a?.o_verified?.[i] !== true) return { verified: false };
       const allowed = a.o_allowed?.[i] === true;
-      const decision = toDecision(r.buckets, 1, allowed, Number(a.o_pause_ms?.[i] ?? 0), waits);
+      const decision = toDecision(r.buckets, 1, allowed, Number(a.o_pause_ms?.[i] ?? 0), waits[i]!);
       const sealed = a.o_sealed?.[i];
       const wrapped = a.o_wrapped?.[i];
       // (admitted without its material cannot happen: proxy.ts answers it as a key that cannot be opened)

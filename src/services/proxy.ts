@@ -13,7 +13,8 @@ import { claim, complete, release, requestHash, MAX_IDEMPOTENCY_KEY } from "./id
 import { callBuckets, pauseScopes, rateLimitHeaders } from "./limits.js";
 import type { Admission } from "./admission.js";
 import { pauseUpstream, peekStates } from "./rate-limit.js";
-import { openStoredKey, userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
+import { openApiKey } from "../crypto/envelope.js";
+import { userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
 
 export type ProxyDeps = Pick<Deps, "db" | "config" | "metrics" | "admit" | "upstream" | "chooseKey" | "auditWriter" | "vault" | "refusals">;
 
@@ -147,8 +148,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
   };
   const claimFor = async (k: ChosenKey): Promise<ProxyAnswer | undefined> => {
     if (idemKey === undefined || claimedFor === k.id) return undefined;
-    if (claimToken) await releaseClaim();
-    claimToken = undefined;
+    await releaseClaim(); // the claim made for another key, if any
     const c = await claim(deps.db, user.id, idemKey, requestHash({ op, key: k.id, body: upstreamBody }), deps.config.upstreamTimeoutMs / 1000 + 60);
     if (c.kind === "mismatch") {
       return refuse(new AppError("idempotency_key_reused", "this Idempotency-Key was used with another request body"), "invalid");
@@ -206,7 +206,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     let apiKey: string;
     try {
       if (!admission.key) throw new Error("admitted without the key's material");
-      apiKey = openStoredKey(deps.vault, admission.key);
+      apiKey = openApiKey(deps.vault.keyring, admission.key);
     } catch (err) {
       // Tampered, moved, or sealed under an entry we lack: nothing is sent. Logged without material.
       req.log.error({ err: describeError(err), key_id: chosen.id }, "stored key failed to open; nothing sent upstream");

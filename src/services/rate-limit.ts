@@ -1,8 +1,8 @@
 // Rate limits decided inside PostgreSQL, on the database's clock, so they hold in total across
 // every instance. GCRA: each bucket keeps a theoretical arrival time (TAT); a call of cost n is
 // admitted when TAT' = max(TAT, now) + n·T stays within one period of now, T = period / limit.
-// Several buckets are decided together in one statement that locks their rows in key order (no
-// deadlock between statements), and a refusal writes nothing (a refused call spends no quota).
+// Several buckets are decided together in one statement that locks their rows in one fixed order
+// (no deadlock between statements), and a refused call spends no quota.
 import { sql } from "drizzle-orm";
 import type { RatePolicy } from "../config.js";
 import { pgArray } from "../db/arrays.js";
@@ -91,8 +91,8 @@ export function bucketArrays(group: readonly { buckets: Bucket[]; cost?: number;
   return a;
 }
 
-/** The eight arguments of rate_limit_decide(), in its order. */
-const decideArgs = (a: BucketArrays): SqlParam[] => [
+/** rate_limit_decide()'s eight arguments, in its order (proxy_admit() takes them too). */
+export const decideArgs = (a: BucketArrays): SqlParam[] => [
   pgArray(a.keys), pgArray(a.req), pgArray(a.idx), pgArray(a.t), pgArray(a.period), pgArray(a.cost), pgArray(a.pauseReq), pgArray(a.pauseScope),
 ];
 
@@ -105,14 +105,8 @@ const decideArgs = (a: BucketArrays): SqlParam[] => [
 export function createLimiter(database: Pick<Database, "query">, opts: BatchOptions = {}): Limiter {
   const run = batched<Pending, Decision>(async (group) => {
     const [row] = await database.query<Row>(DECIDE, decideArgs(bucketArrays(group.map((p) => ({ buckets: p.buckets, ...p.opts })))));
-    // Waits come in input order: each request's, one per bucket, in the order it listed them.
-    const waits = (row?.o_wait_ms ?? []).map(Number);
-    let at = 0;
-    return group.map((p, i) => {
-      const mine = waits.slice(at, at + p.buckets.length);
-      at += p.buckets.length;
-      return toDecision(p.buckets, p.opts.cost ?? 1, row?.o_allowed?.[i] === true, Number(row?.o_pause_ms?.[i] ?? 0), mine);
-    });
+    const waits = waitsByRequest(group, row?.o_wait_ms);
+    return group.map((p, i) => toDecision(p.buckets, p.opts.cost ?? 1, row?.o_allowed?.[i] === true, Number(row?.o_pause_ms?.[i] ?? 0), waits[i]!));
   }, opts);
 
   return {
@@ -121,6 +115,16 @@ export function createLimiter(database: Pick<Database, "query">, opts: BatchOpti
       return run({ buckets, opts: o });
     },
   };
+}
+
+/** The buckets' waits as the database lists them (in input order), cut into each request's. */
+export function waitsByRequest(group: readonly { buckets: Bucket[] }[], waits: readonly number[] | null | undefined): number[][] {
+  let at = 0;
+  return group.map((p) => {
+    const mine = (waits ?? []).slice(at, at + p.buckets.length).map(Number);
+    at += p.buckets.length;
+    return mine;
+  });
 }
 
 /** What the database decided for one call, told as the service tells it (headers, Retry-After, reason). */

@@ -1,7 +1,7 @@
-// The key vault: stored Haltman keys, who may use them, and opening one for an upstream call.
+// The key vault: stored Haltman keys, who may use them, and which key a proxied call uses.
 import { randomBytes, randomUUID } from "node:crypto";
 import { and, desc, eq, gt, isNull, or, sql, type SQL } from "drizzle-orm";
-import { fingerprint, openApiKey, sealApiKey, type KeyEnvelope, type KeyRowRef } from "../crypto/envelope.js";
+import { fingerprint, sealApiKey } from "../crypto/envelope.js";
 import type { Keyring } from "../crypto/keyring.js";
 import { pgArray } from "../db/arrays.js";
 import { type Database, type Db, type Executor } from "../db/client.js";
@@ -175,7 +175,6 @@ export async function deleteKey(db: Db, caller: Caller, meta: RequestMeta, keyId
 export type ChosenKey = {
   id: string;
   ownerId: string;
-  name: string;
   /** the caller's own rate-limit overrides, read with the choice */
   userLimits: UserRateLimits;
   /** chosen as the caller's only usable key (no X-Key-Id) */
@@ -198,16 +197,16 @@ export type KeyChooser = {
   forget(caller: Caller, keyIdHeader: string | undefined): void;
 };
 
-type KeyCandidate = { i: number; id: string | null; owner_id: string | null; name: string | null; rate_limits: UserRateLimits | string | null };
+type KeyCandidate = { i: number; id: string | null; owner_id: string | null; rate_limits: UserRateLimits | string | null };
 
 // The candidates of each request of a group: up to two keys the user may use (owner, or an
 // active grant on the database's clock), with the user's rate-limit overrides.
 const KEY_CANDIDATES = `with req(i, uid, kid) as (select * from unnest($1::int[], $2::uuid[], $3::uuid[]))
-  select req.i, k.id, k.owner_id, k.name, u.rate_limits
+  select req.i, k.id, k.owner_id, u.rate_limits
   from req
   join users u on u.id = req.uid
   left join lateral (
-    select k.id, k.owner_id, k.name from haltman_keys k
+    select k.id, k.owner_id from haltman_keys k
     where (req.kid is null or k.id = req.kid)
       and (k.owner_id = req.uid or exists (select 1 from key_grants g where g.key_id = k.id and g.user_id = req.uid
         and g.revoked_at is null and (g.expires_at is null or g.expires_at > now())))
@@ -251,7 +250,7 @@ export function createKeyChooser(
       if (found.length > 1) throw new AppError("key_required", "you may use several keys: name one with the X-Key-Id header");
       const row = found[0]!;
       const limits = (typeof row.rate_limits === "string" ? JSON.parse(row.rate_limits) : row.rate_limits) as UserRateLimits | null;
-      const key: ChosenKey = { id: row.id!, ownerId: row.owner_id!, name: row.name!, userLimits: limits ?? {}, only: keyId === undefined };
+      const key: ChosenKey = { id: row.id!, ownerId: row.owner_id!, userLimits: limits ?? {}, only: keyId === undefined };
       remembered.delete(ck);
       if (remembered.size >= maxEntries) remembered.delete(remembered.keys().next().value!);
       remembered.set(ck, { key, at: now() });
@@ -262,9 +261,6 @@ export function createKeyChooser(
     },
   };
 }
-
-/** Opens a stored key, from the material its admission read, for the one upstream call. */
-export const openStoredKey = (vault: Vault, key: KeyRowRef & KeyEnvelope) => openApiKey(vault.keyring, key);
 
 export async function userLimitOverrides(ex: Executor, userId: string): Promise<UserRateLimits | null> {
   const [u] = await ex.select({ rateLimits: users.rateLimits }).from(users).where(eq(users.id, userId)).limit(1);

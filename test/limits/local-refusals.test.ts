@@ -32,6 +32,14 @@ async function userWithLimit(tag: string, limit: string) {
   return u;
 }
 
+/** A user at 1/min who made one call and was refused the next by the database (instance a). */
+async function refusedByTheDatabase(tag: string) {
+  const u = await userWithLimit(tag, "1/min");
+  expect((await create(a, u.token)).status).toBe(200);
+  expect((await create(a, u.token)).status).toBe(429);
+  return u;
+}
+
 /** Rate-limit decisions made by instance svc so far (its proxy_admit groups' calls). */
 async function decisions(svc: Service): Promise<number> {
   const m = await svc.deps.metrics.registry.getSingleMetric("db_group_size")!.get();
@@ -75,9 +83,7 @@ describe("refusing a caller over their limit without asking the database again",
   });
 
   it("an admin raising the limit on this instance ends the window: the next call passes", async () => {
-    const u = await userWithLimit("raise", "1/min");
-    expect((await create(a, u.token)).status).toBe(200);
-    expect((await create(a, u.token)).status).toBe(429);
+    const u = await refusedByTheDatabase("raise");
     const p = await a.call("PATCH", `/v1/admin/users/${u.id}`, { token: a.admin.token, json: { rate_limits: { handle_create: "100/min" } } });
     expect(p.status).toBe(200);
     const r = await create(a, u.token);
@@ -85,9 +91,7 @@ describe("refusing a caller over their limit without asking the database again",
   });
 
   it("raised on another instance, the window lasts at most a second", async () => {
-    const u = await userWithLimit("other", "1/min");
-    expect((await create(a, u.token)).status).toBe(200);
-    expect((await create(a, u.token)).status).toBe(429);
+    const u = await refusedByTheDatabase("other");
     const p = await b.call("PATCH", `/v1/admin/users/${u.id}`, { token: b.admin.token, json: { rate_limits: { handle_create: "100/min" } } });
     expect(p.status).toBe(200);
     await new Promise((r) => setTimeout(r, 1_100));
