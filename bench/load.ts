@@ -121,3 +121,34 @@ export async function fixedRate(url: string, requests: Req[], opts: { rate: numb
   await pool.close();
   return summarise(latencies, codes, opts.seconds, errors);
 }
+
+/**
+ * A login storm: 50 logins at once (argon2 each), the next 50 as soon as those are answered, each
+ * from an address of its own (so that the login throttle does not refuse them), until stopped.
+ * `stop()` resolves with the number of logins made.
+ */
+export function loginStorm(url: string, users: number, width = 50): { stop(): Promise<number> } {
+  let on = true;
+  const done = (async () => {
+    let n = 0;
+    while (on) {
+      await Promise.all(
+        Array.from({ length: width }, (_, i) =>
+          fetch(url + "/v1/auth/login", {
+            method: "POST",
+            headers: { "content-type": "application/json", "x-forwarded-for": `10.2.${(n / width) % 250}.${i}` },
+            body: JSON.stringify({ username: `user${i % users}`, password: `password-of-user${i % users}` }),
+          }).then((r) => r.text()),
+        ),
+      );
+      n += width;
+    }
+    return n;
+  })();
+  return {
+    stop() {
+      on = false;
+      return done;
+    },
+  };
+}

@@ -1,15 +1,17 @@
 // npm run bench:profile -- <target> <mode> [connections|rate] — one load against one target with the
 // CPU each process spent (and the service's threads, and its grouped statements from /metrics), to
 // see where the time goes. A development tool; `npm run bench` is the benchmark of record.
-//   target: direct | bare | service, or ratio (bare and service alternated, closed loop: their ratio
-//   without the machine's drift between two runs); mode: closed | rate.
+//   target: direct | bare | service; flood (one user over their limit: the cost of a refusal);
+//   storm (`storm rate 500`: proxied calls at that rate alone, then beside a login storm); or ratio
+//   (bare and service alternated, closed loop: their ratio without the machine's drift between two
+//   runs). mode: closed | rate.
 //   REPS=n repeats the load; BENCH_SECONDS sets its length.
 //   PROFILE_SERVICE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the service.
 //   PROFILE_HOOK='perf record -g -p $SVC_PID -- sleep 3' runs a command 2 s into the load
 //   ($SVC_PID, $PG_PIDS are set).
 import { execFile, execFileSync } from "node:child_process";
-import { startCast, cpuMs } from "./cast.js";
-import { closedLoop, fixedRate } from "./load.js";
+import { startCast, cpuMs, USERS } from "./cast.js";
+import { closedLoop, fixedRate, loginStorm } from "./load.js";
 
 const [target = "service", mode = "closed", level = mode === "rate" ? "500" : "32"] = process.argv.slice(2);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
@@ -68,7 +70,28 @@ async function main() {
       process.stdout.write(`median ratio ${[...ratios].sort((x, y) => x - y)[Math.floor(ratios.length / 2)]!.toFixed(3)}\n`);
       return;
     }
-    const [url, reqs] = target === "direct" ? [cast.sim.url, cast.directReqs] : target === "bare" ? [cast.bare.url, cast.bareReqs] : [cast.svc.url, cast.serviceReqs];
+    if (target === "storm") {
+      // proxied calls at the fixed rate, alone and then beside a login storm (bench/load.ts)
+      const rate = Number(level);
+      await fixedRate(cast.svc.url, cast.serviceReqs, { rate, seconds: 3 });
+      for (let rep = 0; rep < Number(process.env.REPS ?? 1); rep++) {
+        const alone = await fixedRate(cast.svc.url, cast.serviceReqs, { rate, seconds: SECONDS });
+        const storm = loginStorm(cast.svc.url, USERS);
+        const beside = await fixedRate(cast.svc.url, cast.serviceReqs, { rate, seconds: SECONDS });
+        const logins = await storm.stop();
+        process.stdout.write(`at ${rate}/s: p50 ${alone.p50.toFixed(2)} -> ${beside.p50.toFixed(2)} ms, p99 ${alone.p99.toFixed(2)} -> ${beside.p99.toFixed(2)} ms beside ${logins} logins\n`);
+      }
+      return;
+    }
+    if (target === "flood") {
+      // one user far over their own limit: what a refusal costs
+      await fetch(`${cast.svc.url}/v1/admin/users/${cast.users[0]!.id}`, {
+        method: "PATCH",
+        headers: { authorization: `Bearer ${cast.adminToken}`, "content-type": "application/json" },
+        body: JSON.stringify({ rate_limits: { handle_create: "10/min" } }),
+      });
+    }
+    const [url, reqs] = target === "flood" ? [cast.svc.url, cast.serviceReqs.filter((_, n) => n % USERS === 0)] : target === "direct" ? [cast.sim.url, cast.directReqs] : target === "bare" ? [cast.bare.url, cast.bareReqs] : [cast.svc.url, cast.serviceReqs];
     const drive = () => (mode === "rate" ? fixedRate(url, reqs, { rate: Number(level), seconds: SECONDS }) : closedLoop(url, reqs, { connections: Number(level), seconds: SECONDS }));
     await (mode === "rate" ? fixedRate(url, reqs, { rate: Number(level), seconds: 3 }) : closedLoop(url, reqs, { connections: Number(level), seconds: 3 }));
     const procs = { simulator: cast.sim.pid, bare: cast.bare.pid, service: cast.svc.pid };

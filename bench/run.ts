@@ -8,7 +8,7 @@ import { cpus, totalmem } from "node:os";
 import { sql } from "drizzle-orm";
 import { rowsOf } from "../src/db/client.js";
 import { json, KEYS, startCast, USERS } from "./cast.js";
-import { closedLoop, fixedRate, percentile, type Load } from "./load.js";
+import { closedLoop, fixedRate, loginStorm, percentile, type Load } from "./load.js";
 
 const DURATION = Number(process.env.BENCH_SECONDS ?? 10);
 const AUDIT_EVENTS = Number(process.env.BENCH_AUDIT_EVENTS ?? 1_000_000);
@@ -47,26 +47,9 @@ async function main() {
 
     // --- a storm of 50 concurrent logins (argon2) against proxied p99 at the fixed rate -------------
     const baseline = service.fixed;
-    let stormOn = true;
-    const storm = (async () => {
-      let n = 0;
-      while (stormOn) {
-        await Promise.all(
-          Array.from({ length: 50 }, (_, i) =>
-            fetch(svc.url + "/v1/auth/login", {
-              method: "POST",
-              headers: { "content-type": "application/json", "x-forwarded-for": `10.2.${n % 250}.${i}` },
-              body: JSON.stringify({ username: `user${i % USERS}`, password: `password-of-user${i % USERS}` }),
-            }).then((r) => r.text()),
-          ),
-        );
-        n += 50;
-      }
-      return n;
-    })();
+    const storm = loginStorm(svc.url, USERS);
     const duringStorm = await fixedRate(svc.url, cast.serviceReqs, { rate: RATE, seconds: DURATION });
-    stormOn = false;
-    const logins = await storm;
+    const logins = await storm.stop();
     serviceAnswered += ok(duringStorm);
 
     // --- a flood from one user far over their limit, beside everyone else at the fixed rate -------
