@@ -2,9 +2,10 @@
 // CPU each process spent (and the service's threads, and its grouped statements from /metrics), to
 // see where the time goes. A development tool; `npm run bench` is the benchmark of record.
 //   target: direct | bare | service; flood (one user over their limit: the cost of a refusal);
-//   storm (`storm rate 500`: proxied calls at that rate alone, then beside a login storm); or ratio
+//   storm (`storm rate 500`: proxied calls at that rate alone, then beside a login storm); ratio
 //   (bare and service alternated, closed loop: their ratio without the machine's drift between two
-//   runs). mode: closed | rate.
+//   runs); framework (likewise, the bare proxy against itself on Hono, bench/hono-proxy.ts).
+//   mode: closed | rate.
 //   REPS=n repeats the load; BENCH_SECONDS sets its length.
 //   PROFILE_SERVICE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the service.
 //   PROFILE_HOOK='perf record -g -p $SVC_PID -- sleep 3' runs a command 2 s into the load
@@ -12,6 +13,7 @@
 import { execFile, execFileSync } from "node:child_process";
 import { startCast, cpuMs, USERS } from "./cast.js";
 import { closedLoop, fixedRate, loginStorm } from "./load.js";
+import { freePort, startChild, type Child } from "./processes.js";
 
 const [target = "service", mode = "closed", level = mode === "rate" ? "500" : "32"] = process.argv.slice(2);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
@@ -53,19 +55,28 @@ async function groups(url: string): Promise<Map<string, { n: number; items: numb
 const sum = (pids: number[]) => pids.reduce((s, p) => { try { return s + cpuMs(p); } catch { return s; } }, 0);
 
 async function main() {
+  const stopAlso: Child[] = [];
   const cast = await startCast({ serviceArgs: (process.env.PROFILE_SERVICE_ARGS ?? "").split(" ").filter(Boolean) });
   try {
-    if (target === "ratio") {
-      // service / bare proxy, alternated, so that the machine's drift hits both alike
+    if (target === "ratio" || target === "framework") {
+      // X / bare proxy, alternated, so that the machine's drift hits both alike: X is the service,
+      // or (framework) the bare proxy itself on Hono and @hono/node-server
       const c = Number(level);
+      let other = { name: "service", url: cast.svc.url, reqs: cast.serviceReqs };
+      if (target === "framework") {
+        const port = await freePort();
+        const hono = await startChild(["--import", "tsx", "bench/hono-proxy.ts"], { PORT: String(port), UPSTREAM: cast.sim.url, API_KEY: cast.apiKeys[0]! }, `http://127.0.0.1:${port}`);
+        stopAlso.push(hono);
+        other = { name: "bare on hono", url: hono.url, reqs: cast.bareReqs };
+      }
       await closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: 2 });
-      await closedLoop(cast.svc.url, cast.serviceReqs, { connections: c, seconds: 3 });
+      await closedLoop(other.url, other.reqs, { connections: c, seconds: 3 });
       const ratios: number[] = [];
       for (let rep = 0; rep < Number(process.env.REPS ?? 3); rep++) {
         const b = await closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: SECONDS });
-        const v = await closedLoop(cast.svc.url, cast.serviceReqs, { connections: c, seconds: SECONDS });
+        const v = await closedLoop(other.url, other.reqs, { connections: c, seconds: SECONDS });
         ratios.push(v.rps / b.rps);
-        process.stdout.write(`c=${c}: bare ${b.rps.toFixed(0)}, service ${v.rps.toFixed(0)} req/s, ratio ${(v.rps / b.rps).toFixed(3)}\n`);
+        process.stdout.write(`c=${c}: bare ${b.rps.toFixed(0)}, ${other.name} ${v.rps.toFixed(0)} req/s, ratio ${(v.rps / b.rps).toFixed(3)}\n`);
       }
       process.stdout.write(`median ratio ${[...ratios].sort((x, y) => x - y)[Math.floor(ratios.length / 2)]!.toFixed(3)}\n`);
       return;
@@ -137,6 +148,7 @@ async function main() {
     }
     if (reps > 1) process.stdout.write(`median ${[...rates].sort((a, b) => a - b)[Math.floor(reps / 2)]!.toFixed(0)} req/s over ${reps}: ${rates.map((r) => r.toFixed(0)).join(" ")}\n`);
   } finally {
+    await Promise.all(stopAlso.map((c) => c.stop()));
     await cast.stop();
   }
 }
