@@ -19,8 +19,6 @@ ENV NODE_ENV=production HOST=0.0.0.0 PORT=3000 DATA_DIR=/data
 # glibc would keep each argon2 hash's 19 MiB in per-thread arenas after it is freed (measured: peak
 # RSS 329 MB -> 211 MB under the same load with these): few arenas, large blocks mmapped and returned.
 ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
-# The hashing process puts itself at SCHED_IDLE with chrt, from util-linux (essential in Debian, so
-# in this image); an unprivileged user may, for its own processes.
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist

@@ -3,17 +3,21 @@
 import { serve } from "@hono/node-server";
 import { Hono } from "hono";
 import { randomUUID } from "node:crypto";
+import type { AppEnv } from "../src/http/env.js";
+import { readBody } from "../src/http/middleware/body.js";
 import { createUpstreamClient, type UpstreamOperation } from "../src/upstream/client.js";
 
 const upstream = createUpstreamClient({ baseUrl: new URL(process.env.UPSTREAM!), timeoutMs: 10_000 });
 const apiKey = process.env.API_KEY!;
-const app = new Hono();
+// The body read as the service reads it (from Node's IncomingMessage, with its limit).
+const app = new Hono<AppEnv>();
+app.use(readBody(32 * 1024)); // the service's MAX_BODY_BYTES
 app.get("/healthz", (c) => c.text("ok"));
 for (const [path, op] of [["/api/handle/create", "handle_create"], ["/api/handle/domain/enable", "domain_enable"]] as const) {
   app.post(path, async (c) => {
     let body: Record<string, string> = {};
     try {
-      body = await c.req.json();
+      body = JSON.parse(c.get("bodyText") ?? "");
     } catch {
       // forwarded as {}
     }

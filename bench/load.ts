@@ -123,27 +123,34 @@ export async function fixedRate(url: string, requests: Req[], opts: { rate: numb
 }
 
 /**
- * A login storm: 50 logins at once (argon2 each), the next 50 as soon as those are answered, each
- * from an address of its own (so that the login throttle does not refuse them), until stopped.
- * `stop()` resolves with the number of logins made.
+ * A login storm: 50 logins at once (argon2 each), the next 50 as soon as those are answered, until
+ * stopped. Each round comes from addresses of its own (the per-address throttle); users repeat
+ * every round, so a run of more than ~10 rounds a minute meets the per-account throttle, whose
+ * 429s are counted apart. `stop()` resolves with the answers by status (a failed request: "error").
  */
-export function loginStorm(url: string, users: number, width = 50): { stop(): Promise<number> } {
+export function loginStorm(url: string, users: number, width = 50): { stop(): Promise<Record<string, number>> } {
   let on = true;
+  const codes: Record<string, number> = {};
+  const count = (k: string) => (codes[k] = (codes[k] ?? 0) + 1);
   const done = (async () => {
-    let n = 0;
-    while (on) {
+    for (let round = 0; on; round++) {
       await Promise.all(
         Array.from({ length: width }, (_, i) =>
           fetch(url + "/v1/auth/login", {
             method: "POST",
-            headers: { "content-type": "application/json", "x-forwarded-for": `10.2.${(n / width) % 250}.${i}` },
+            headers: { "content-type": "application/json", "x-forwarded-for": `10.2.${round % 250}.${i}` },
             body: JSON.stringify({ username: `user${i % users}`, password: `password-of-user${i % users}` }),
-          }).then((r) => r.text()),
+          }).then(
+            async (r) => {
+              await r.text();
+              count(String(r.status));
+            },
+            () => count("error"),
+          ),
         ),
       );
-      n += width;
     }
-    return n;
+    return codes;
   })();
   return {
     stop() {
@@ -151,4 +158,10 @@ export function loginStorm(url: string, users: number, width = 50): { stop(): Pr
       return done;
     },
   };
+}
+
+/** "300 logins" or "250 logins, 50 answered 429": what a storm's answers were. */
+export function describeLogins(codes: Record<string, number>): string {
+  const others = Object.entries(codes).filter(([k]) => k !== "200");
+  return `${codes["200"] ?? 0} logins${others.map(([k, n]) => `, ${n} answered ${k}`).join("")}`;
 }

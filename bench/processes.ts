@@ -33,7 +33,10 @@ export async function startChild(args: string[], env: Record<string, string>, ur
     } catch {
       // not listening yet
     }
-    if (Date.now() > deadline) throw new Error(`${args.join(" ")} did not start: ${stderr}`);
+    if (Date.now() > deadline) {
+      proc.kill("SIGKILL"); // not left behind
+      throw new Error(`${args.join(" ")} did not start: ${stderr}`);
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
   return {

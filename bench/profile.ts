@@ -2,20 +2,27 @@
 // CPU each process spent (and the service's threads, and its grouped statements from /metrics), to
 // see where the time goes. A development tool; `npm run bench` is the benchmark of record.
 //   target: direct | bare | service; flood (one user over their limit: the cost of a refusal);
-//   storm (`storm rate 500`: proxied calls at that rate alone, then beside a login storm); ratio
-//   (bare and service alternated, closed loop: their ratio without the machine's drift between two
-//   runs); framework (likewise, the bare proxy against itself on Hono, bench/hono-proxy.ts).
-//   mode: closed | rate.
+//   storm (`storm rate [500]`: proxied calls at that rate alone, then beside a login storm); ratio
+//   (`ratio closed [64]`: bare and service alternated, their ratio without the machine's drift
+//   between two runs); framework (likewise, the bare proxy against itself on Hono,
+//   bench/hono-proxy.ts). mode: closed | rate; the level defaults to 32 connections or 500/s.
 //   REPS=n repeats the load; BENCH_SECONDS sets its length.
 //   PROFILE_SERVICE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the service.
 //   PROFILE_HOOK='perf record -g -p $SVC_PID -- sleep 3' runs a command 2 s into the load
 //   ($SVC_PID, $PG_PIDS are set).
 import { execFile, execFileSync } from "node:child_process";
-import { startCast, cpuMs, USERS } from "./cast.js";
-import { closedLoop, fixedRate, loginStorm } from "./load.js";
+import { cpuMs, json, startCast, USERS } from "./cast.js";
+import { closedLoop, describeLogins, fixedRate, loginStorm, type Load } from "./load.js";
 import { freePort, startChild, type Child } from "./processes.js";
 
-const [target = "service", mode = "closed", level = mode === "rate" ? "500" : "32"] = process.argv.slice(2);
+const [target = "service", mode = "closed", levelArg] = process.argv.slice(2);
+// storm always runs at a fixed rate; ratio and framework always in a closed loop
+const fixedMode = target === "storm" ? "rate" : target === "ratio" || target === "framework" ? "closed" : undefined;
+if (fixedMode && mode !== fixedMode) {
+  process.stderr.write(`${target} runs ${fixedMode === "rate" ? "at a fixed rate" : "in a closed loop"}: \`${target} ${fixedMode} [${fixedMode === "rate" ? "rate" : "connections"}]\`\n`);
+  process.exit(2);
+}
+const level = levelArg ?? (mode === "rate" ? "500" : target === "ratio" || target === "framework" ? "64" : "32");
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 
 function postgresPids(): number[] {
@@ -88,19 +95,20 @@ async function main() {
       for (let rep = 0; rep < Number(process.env.REPS ?? 1); rep++) {
         const alone = await fixedRate(cast.svc.url, cast.serviceReqs, { rate, seconds: SECONDS });
         const storm = loginStorm(cast.svc.url, USERS);
-        const beside = await fixedRate(cast.svc.url, cast.serviceReqs, { rate, seconds: SECONDS });
-        const logins = await storm.stop();
-        process.stdout.write(`at ${rate}/s: p50 ${alone.p50.toFixed(2)} -> ${beside.p50.toFixed(2)} ms, p99 ${alone.p99.toFixed(2)} -> ${beside.p99.toFixed(2)} ms beside ${logins} logins\n`);
+        let beside: Load;
+        let logins: Record<string, number>;
+        try {
+          beside = await fixedRate(cast.svc.url, cast.serviceReqs, { rate, seconds: SECONDS });
+        } finally {
+          logins = await storm.stop();
+        }
+        process.stdout.write(`at ${rate}/s: p50 ${alone.p50.toFixed(2)} -> ${beside.p50.toFixed(2)} ms, p99 ${alone.p99.toFixed(2)} -> ${beside.p99.toFixed(2)} ms beside ${describeLogins(logins)}\n`);
       }
       return;
     }
     if (target === "flood") {
       // one user far over their own limit: what a refusal costs
-      await fetch(`${cast.svc.url}/v1/admin/users/${cast.users[0]!.id}`, {
-        method: "PATCH",
-        headers: { authorization: `Bearer ${cast.adminToken}`, "content-type": "application/json" },
-        body: JSON.stringify({ rate_limits: { handle_create: "10/min" } }),
-      });
+      await json(cast.svc.url, `/v1/admin/users/${cast.users[0]!.id}`, { method: "PATCH", token: cast.adminToken, body: { rate_limits: { handle_create: "10/min" } } });
     }
     const [url, reqs] = target === "flood" ? [cast.svc.url, cast.serviceReqs.filter((_, n) => n % USERS === 0)] : target === "direct" ? [cast.sim.url, cast.directReqs] : target === "bare" ? [cast.bare.url, cast.bareReqs] : [cast.svc.url, cast.serviceReqs];
     const drive = () => (mode === "rate" ? fixedRate(url, reqs, { rate: Number(level), seconds: SECONDS }) : closedLoop(url, reqs, { connections: Number(level), seconds: SECONDS }));
