@@ -14,8 +14,9 @@ type Request =
 // threads (libuv's pool, where argon2 hashes, started while the modules were read): nice 19 is set
 // on every thread in /proc/self/task (a thread started later inherits it). Set on the main thread
 // alone, it left the hashes at nice 0, and a login storm raised the proxied calls' p99 by 81-275
-// ms, against 17-29 ms with every thread at nice 19 (bench:profile -- storm rate 500). SCHED_IDLE (through util-linux's
-// chrt) measured the same as nice 19 here, for a tool more and logins that starve sooner.
+// ms, against 13-34 ms with every thread at nice 19 (bench:profile -- storm rate 500). SCHED_IDLE
+// (through util-linux's chrt) measured the same as nice 19 here, for a tool more and logins that
+// starve sooner.
 for (const tid of threads()) {
   try {
     setPriority(tid, 19);
