@@ -26,10 +26,15 @@ export function passwordLength(p: string): number {
 /**
  * Hashes at once by default. In process: all the cores but one (at least one): each hash keeps a
  * core busy for ~50 ms, and two at once on two cores left the proxied calls and PostgreSQL too
- * little during a login storm. In the low-priority child: one a core, since they only take idle time.
+ * little during a login storm. In the low-priority child: one for every two cores (at least one).
+ * Even at nice 19 a hash holds its core until a woken process preempts it; with a hash on each of
+ * two cores a login storm raised the proxied calls' p99 by +10 to +95 ms (mean +36), with one by
+ * -6 to +27 ms (mean +12), for as many logins (bench:profile -- storm rate 500, six runs each,
+ * alternated): logins wait for idle time either way.
  */
 export function defaultHashConcurrency(isolated = false): number {
-  return isolated ? availableParallelism() : Math.max(1, availableParallelism() - 1);
+  const cores = availableParallelism();
+  return isolated ? Math.max(1, Math.floor(cores / 2)) : Math.max(1, cores - 1);
 }
 
 type HashOptions = HashParams & { type: number };

@@ -2,6 +2,7 @@
 // hash-process.ts), so that a login storm takes idle cores rather than the proxied calls'. The
 // hashes it makes and checks are the same as in process; when it dies, the next hash starts another.
 import { readdirSync, readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import argon2 from "argon2";
 import { afterAll, describe, expect, it } from "vitest";
 import { createPasswordHasher, HashingUnavailable } from "../../src/services/passwords.js";
@@ -44,6 +45,19 @@ describe("hashing in a low-priority child process", () => {
       expect(readFileSync(`/proc/${pid}/environ`, "utf8")).not.toContain("canary-value-not-for-the-hasher");
     } finally {
       delete process.env.HBFF_TEST_SECRET_CANARY;
+      await h.close?.();
+    }
+  });
+
+  it("hashes one at a time for every two cores by default, the others waiting their turn", async () => {
+    const h = createPasswordHasher({ params: FAST_HASH, isolated: true });
+    try {
+      const expected = Math.max(1, Math.floor(availableParallelism() / 2));
+      const jobs = Array.from({ length: expected + 3 }, (_, i) => h.hash(`storm ${i}`));
+      expect(h.stats()).toEqual({ running: expected, waiting: 3 });
+      expect((await Promise.all(jobs)).every((x) => x.startsWith("$argon2id$"))).toBe(true);
+      expect(h.stats()).toEqual({ running: 0, waiting: 0 });
+    } finally {
       await h.close?.();
     }
   });
