@@ -2,21 +2,15 @@
 // own limit, the instance refuses their next calls itself for a moment, without a rate-limit
 // decision, each refusal still audited and answered as the contract says; never a call the
 // database would have admitted; an admin's change of the caller's limits ends it.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { Simulator } from "../../src/simulator/server.js";
 import { expectErrorBody, type Service } from "../helpers/harness.js";
-import { CREATE, newApiKey, startTwoInstances, parseSfList } from "../proxy/common.js";
+import { CREATE, newApiKey, twoInstancesForFile, parseSfList } from "../proxy/common.js";
 
 let sim: Simulator;
 let a: Service;
 let b: Service;
-let pair: Awaited<ReturnType<typeof startTwoInstances>>;
-
-beforeAll(async () => {
-  pair = await startTwoInstances();
-  ({ sim, a, b } = pair);
-});
-afterAll(() => pair?.close());
+twoInstancesForFile((t) => ({ sim, a, b } = t));
 
 let n = 0;
 const create = (svc: Service, token: string) => svc.call("POST", CREATE, { token, json: { handle: `lr-${process.pid}-${++n}` } });

@@ -4,7 +4,7 @@
 import { randomBytes } from "node:crypto";
 import { createServer } from "node:net";
 import type { AddressInfo } from "node:net";
-import { expect } from "vitest";
+import { afterAll, beforeAll, expect } from "vitest";
 import { startSimulator, type ReceivedRequest, type Simulator, type SimulatorOptions } from "../../src/simulator/server.js";
 import { startService, type CallOptions, type CallResult, type Service } from "../helpers/harness.js";
 
@@ -305,8 +305,22 @@ export async function uncaughtDuring<T>(fn: () => Promise<T>, settleMs = 100): P
   }
 }
 
-/** A simulator and two service instances sharing one database (instance b knows nothing of a's memory). */
-export async function startTwoInstances(): Promise<{ sim: Simulator; a: Service; b: Service; close(): Promise<void> }> {
+export type TwoInstances = { sim: Simulator; a: Service; b: Service };
+
+/**
+ * A simulator and two service instances sharing one database (instance b knows nothing of a's
+ * memory), for a test file: started before its tests and handed to `use`, closed after them.
+ */
+export function twoInstancesForFile(use: (t: TwoInstances) => void): void {
+  let started: (TwoInstances & { close(): Promise<void> }) | undefined;
+  beforeAll(async () => {
+    started = await startTwoInstances();
+    use(started);
+  });
+  afterAll(() => started?.close());
+}
+
+async function startTwoInstances(): Promise<TwoInstances & { close(): Promise<void> }> {
   const sim = await startSimulator({});
   const a = await startService({ env: { HALTMAN_BASE_URL: sim.url, ...HIGH_LIMITS } });
   const b = await startService({ env: { HALTMAN_BASE_URL: sim.url, ...HIGH_LIMITS }, database: a.database });

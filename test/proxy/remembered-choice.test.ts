@@ -3,21 +3,15 @@
 // share one database here: instance A has used the key (its choice is remembered), and the change
 // is made through instance B, which A knows nothing of. A's very next call must follow the
 // database: nothing stale may reach upstream, spend quota or be audited as an attempt.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { expectErrorBody, type Service } from "../helpers/harness.js";
 import type { Simulator } from "../../src/simulator/server.js";
-import { CREATE, newApiKey, startTwoInstances, parseSfList } from "./common.js";
+import { CREATE, newApiKey, twoInstancesForFile, parseSfList } from "./common.js";
 
 let sim: Simulator;
 let a: Service;
 let b: Service;
-let pair: Awaited<ReturnType<typeof startTwoInstances>>;
-
-beforeAll(async () => {
-  pair = await startTwoInstances();
-  ({ sim, a, b } = pair);
-});
-afterAll(() => pair?.close());
+twoInstancesForFile((t) => ({ sim, a, b } = t));
 
 let n = 0;
 const handle = () => `rc-${process.pid}-${++n}`;
