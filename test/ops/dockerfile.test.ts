@@ -27,4 +27,14 @@ describe("Dockerfile", () => {
   it("ships the migrations the service applies at start", () => {
     expect(final.some((l) => /^COPY .*drizzle/.test(l))).toBe(true);
   });
+  it("installs with the driver's patches (patches/ before npm ci) and ships that patched tree", () => {
+    const firstInstall = lines.findIndex((l) => /^RUN .*npm ci/.test(l));
+    const patches = lines.findIndex((l) => /^COPY patches /.test(l));
+    expect(patches).toBeGreaterThanOrEqual(0);
+    expect(patches).toBeLessThan(firstInstall);
+    // every install sees the patches: one install only, the runtime's tree pruned from it
+    expect(lines.filter((l) => /^RUN .*npm (ci|install)/.test(l))).toHaveLength(1);
+    expect(lines.some((l) => /^RUN .*npm prune --omit=dev/.test(l))).toBe(true);
+    expect(final.find((l) => /^COPY .*node_modules/.test(l))).toMatch(/--from=build /);
+  });
 });
