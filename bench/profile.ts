@@ -45,10 +45,13 @@ function threads(pid: number): Map<string, number> {
   return m;
 }
 /** db_group_* sums and counts from the service's /metrics, by statement. */
+/** The grouped statements (db_group_*), and the session checks by answer as `session check (…)` with `n` only. */
 async function groups(url: string): Promise<Map<string, { n: number; items: number; seconds: number }>> {
   const text = await (await fetch(url + "/metrics")).text();
   const m = new Map<string, { n: number; items: number; seconds: number }>();
   for (const line of text.split("\n")) {
+    const c = /^session_checks_total\{answer="([^"]+)"\} (\S+)/.exec(line);
+    if (c) m.set(`session check (${c[1]})`, { n: Number(c[2]), items: 0, seconds: 0 });
     const r = /^db_group_(size|duration_seconds)_(sum|count)\{statement="([^"]+)"\} (\S+)/.exec(line);
     if (!r) continue;
     const e = m.get(r[3]!) ?? { n: 0, items: 0, seconds: 0 };
@@ -143,7 +146,8 @@ async function main() {
     for (const [k, v] of groupsAfter) {
       const b = groupsBefore.get(k) ?? { n: 0, items: 0, seconds: 0 };
       const n = v.n - b.n;
-      if (n > 0) process.stdout.write(`  ${k}: ${n} groups, ${((v.items - b.items) / n).toFixed(1)} calls each, ${(((v.seconds - b.seconds) / n) * 1000).toFixed(2)} ms each\n`);
+      if (n > 0 && k.startsWith("session check")) process.stdout.write(`  ${k}: ${n} calls\n`);
+      else if (n > 0) process.stdout.write(`  ${k}: ${n} groups, ${((v.items - b.items) / n).toFixed(1)} calls each, ${(((v.seconds - b.seconds) / n) * 1000).toFixed(2)} ms each\n`);
     }
     process.stdout.write(`service threads (cores): ${perThread.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ")}\n`);
     const cpu: Record<string, number> = Object.fromEntries(Object.entries(procs).map(([k, p]) => [k, (cpuMs(p) - before[k]!) / wall]));

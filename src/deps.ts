@@ -77,7 +77,10 @@ export async function createDeps(input: {
     metrics,
     passwords: input.passwords ?? createPasswordHasher({ isolated: true }),
     tokens,
-    sessions: createSessionGate(database.db, input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
+    sessions: createSessionGate(database.db, {
+      ...(input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
+      observe: (answer) => metrics.sessionChecks.inc({ answer }),
+    }),
     vault,
     // Each kind of grouped statement on a connection of its own (Database.lane).
     limiter: createLimiter({ query: database.lane("rate_limit_decide") }, { observe: groupObserver(metrics, "rate_limit_decide") }),

@@ -61,6 +61,12 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers: [registry],
     }),
+    sessionChecks: new Counter({
+      name: "session_checks_total",
+      help: "Access tokens' session checks, by how they were answered: memory, or database (the call waited for the read)",
+      labelNames: ["answer"] as const,
+      registers: [registry],
+    }),
     rateLimitRefusals: new Counter({
       name: "rate_limit_refusals_total",
       help: "Calls refused by a rate limit, by reason (user, key, global, upstream, login)",

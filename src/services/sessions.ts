@@ -1,6 +1,8 @@
 // Sessions: one per login. Refresh tokens rotate on every use; a spent one presented again is
 // taken as theft and revokes the whole session. Access tokens are checked against their session
 // through a short-lived cache: a revocation on another instance is seen within SESSION_CHECK_TTL_MS.
+// A session in use is read again in the background once its state is half that old, so a call
+// waits for the database only for a session idle for a while, not once every TTL per session.
 import { createHash, randomBytes } from "node:crypto";
 import { and, eq, isNull, ne, sql } from "drizzle-orm";
 import type { Db, Executor } from "../db/client.js";
@@ -29,8 +31,19 @@ export type SessionGate = {
   forgetUser(userId: string): void;
 };
 
-export function createSessionGate(db: Db, opts: { ttlMs?: number; now?: () => number; maxEntries?: number } = {}): SessionGate {
+export type SessionGateOptions = {
+  ttlMs?: number;
+  /** the age at which a check that is answered from memory also reads the state again, in the background (ttlMs / 2) */
+  refreshAfterMs?: number;
+  now?: () => number;
+  maxEntries?: number;
+  /** told how each check was answered: from memory, or after a read the call waited for */
+  observe?: (answer: "memory" | "database") => void;
+};
+
+export function createSessionGate(db: Db, opts: SessionGateOptions = {}): SessionGate {
   const ttl = opts.ttlMs ?? SESSION_CHECK_TTL_MS;
+  const refreshAfter = opts.refreshAfterMs ?? ttl / 2;
   const now = opts.now ?? Date.now;
   const maxEntries = opts.maxEntries ?? 50_000;
   const cache = new Map<string, { state: SessionState | undefined; at: number }>();
@@ -42,6 +55,7 @@ export function createSessionGate(db: Db, opts: { ttlMs?: number; now?: () => nu
 
   async function load(sessionId: string): Promise<SessionState | undefined> {
     const startedAt = generation;
+    const readAt = now(); // the state is at least this old once read: its age counts from here
     const rows = await db
       .select({
         userId: users.id,
@@ -64,21 +78,34 @@ export function createSessionGate(db: Db, opts: { ttlMs?: number; now?: () => nu
       active: !r.disabled && r.revokedAt === null && r.live === true,
     };
     if (startedAt !== generation) return state; // answered for this request, not remembered
+    cache.delete(sessionId); // re-inserted last: the oldest entries are the ones to evict
     if (cache.size >= maxEntries) cache.delete(cache.keys().next().value!);
-    cache.set(sessionId, { state, at: now() });
+    cache.set(sessionId, { state, at: readAt });
     return state;
+  }
+
+  function start(sessionId: string): Promise<SessionState | undefined> {
+    const p: Promise<SessionState | undefined> = load(sessionId).finally(() => {
+      if (loading.get(sessionId) === p) loading.delete(sessionId); // not a later load's, after a forget()
+    });
+    loading.set(sessionId, p);
+    return p;
   }
 
   return {
     async check(sessionId) {
       const hit = cache.get(sessionId);
-      if (hit && now() - hit.at < ttl) return hit.state;
-      let p = loading.get(sessionId);
-      if (!p) {
-        p = load(sessionId).finally(() => loading.delete(sessionId));
-        loading.set(sessionId, p);
+      if (hit) {
+        const age = now() - hit.at;
+        if (age < ttl) {
+          // A failed refresh leaves the entry to expire: the first call after that reads it itself.
+          if (age >= refreshAfter && !loading.has(sessionId)) start(sessionId).catch(() => {});
+          opts.observe?.("memory");
+          return hit.state;
+        }
       }
-      return p;
+      opts.observe?.("database");
+      return loading.get(sessionId) ?? start(sessionId);
     },
     forget(sessionId) {
       generation++;
