@@ -44,8 +44,7 @@ function threads(pid: number): Map<string, number> {
   }
   return m;
 }
-/** db_group_* sums and counts from the service's /metrics, by statement. */
-/** The grouped statements (db_group_*), and the session checks by answer as `session check (…)` with `n` only. */
+/** From the service's /metrics: db_group_* sums and counts by statement, and the session checks by answer (`session check (…)`, `n` only). */
 async function groups(url: string): Promise<Map<string, { n: number; items: number; seconds: number }>> {
   const text = await (await fetch(url + "/metrics")).text();
   const m = new Map<string, { n: number; items: number; seconds: number }>();

@@ -2,7 +2,8 @@
 // taken as theft and revokes the whole session. Access tokens are checked against their session
 // through a short-lived cache: a revocation on another instance is seen within SESSION_CHECK_TTL_MS.
 // A session in use is read again in the background once its state is half that old, so a call
-// waits for the database only for a session idle for a while, not once every TTL per session.
+// waits for the database only when no call of that session came in the second half of its
+// state's life (or that read failed), not once every TTL per session.
 import { createHash, randomBytes } from "node:crypto";
 import { and, eq, isNull, ne, sql } from "drizzle-orm";
 import type { Db, Executor } from "../db/client.js";
@@ -29,6 +30,8 @@ export type SessionGate = {
   /** Forget what this instance knows (its own revocations are then seen at once). */
   forget(sessionId: string): void;
   forgetUser(userId: string): void;
+  /** Resolves once the reads under way (background ones too) have ended. */
+  settled(): Promise<void>;
 };
 
 export type SessionGateOptions = {
@@ -47,15 +50,14 @@ export function createSessionGate(db: Db, opts: SessionGateOptions = {}): Sessio
   const now = opts.now ?? Date.now;
   const maxEntries = opts.maxEntries ?? 50_000;
   const cache = new Map<string, { state: SessionState | undefined; at: number }>();
-  // Concurrent checks of one session share one query.
-  const loading = new Map<string, Promise<SessionState | undefined>>();
+  // The read under way of each session, and when it was asked for; concurrent checks share it.
+  const loading = new Map<string, { p: Promise<SessionState | undefined>; readAt: number }>();
 
   // Bumped by forget(): a load that started before it must not cache what it read.
   let generation = 0;
 
-  async function load(sessionId: string): Promise<SessionState | undefined> {
+  async function load(sessionId: string, readAt: number): Promise<SessionState | undefined> {
     const startedAt = generation;
-    const readAt = now(); // the state is at least this old once read: its age counts from here
     const rows = await db
       .select({
         userId: users.id,
@@ -78,6 +80,8 @@ export function createSessionGate(db: Db, opts: SessionGateOptions = {}): Sessio
       active: !r.disabled && r.revokedAt === null && r.live === true,
     };
     if (startedAt !== generation) return state; // answered for this request, not remembered
+    const known = cache.get(sessionId);
+    if (known && known.at > readAt) return state; // a later read came back first: it stays
     cache.delete(sessionId); // re-inserted last: the oldest entries are the ones to evict
     if (cache.size >= maxEntries) cache.delete(cache.keys().next().value!);
     cache.set(sessionId, { state, at: readAt });
@@ -85,27 +89,33 @@ export function createSessionGate(db: Db, opts: SessionGateOptions = {}): Sessio
   }
 
   function start(sessionId: string): Promise<SessionState | undefined> {
-    const p: Promise<SessionState | undefined> = load(sessionId).finally(() => {
-      if (loading.get(sessionId) === p) loading.delete(sessionId); // not a later load's, after a forget()
-    });
-    loading.set(sessionId, p);
-    return p;
+    // A state is at least as old as the moment it was asked for: its age counts from there.
+    const readAt = now();
+    const entry = {
+      readAt,
+      p: load(sessionId, readAt).finally(() => {
+        if (loading.get(sessionId) === entry) loading.delete(sessionId); // not a later read's
+      }),
+    };
+    loading.set(sessionId, entry);
+    return entry.p;
   }
 
   return {
     async check(sessionId) {
+      const t = now();
       const hit = cache.get(sessionId);
-      if (hit) {
-        const age = now() - hit.at;
-        if (age < ttl) {
-          // A failed refresh leaves the entry to expire: the first call after that reads it itself.
-          if (age >= refreshAfter && !loading.has(sessionId)) start(sessionId).catch(() => {});
-          opts.observe?.("memory");
-          return hit.state;
-        }
+      if (hit && t - hit.at < ttl) {
+        // Past half the TTL, read it again meanwhile: one read at a time (after a failed one,
+        // the next call in that window tries again; once the TTL has passed, a call waits).
+        if (t - hit.at >= refreshAfter && !loading.has(sessionId)) start(sessionId).catch(() => {});
+        opts.observe?.("memory");
+        return hit.state;
       }
       opts.observe?.("database");
-      return loading.get(sessionId) ?? start(sessionId);
+      // Join the read under way, unless it was asked for too long ago to keep the bound.
+      const under = loading.get(sessionId);
+      return under && t - under.readAt < ttl ? under.p : start(sessionId);
     },
     forget(sessionId) {
       generation++;
@@ -116,6 +126,9 @@ export function createSessionGate(db: Db, opts: SessionGateOptions = {}): Sessio
       generation++;
       for (const [sid, v] of cache) if (v.state?.userId === userId) cache.delete(sid);
       loading.clear();
+    },
+    async settled() {
+      await Promise.allSettled([...loading.values()].map((l) => l.p));
     },
   };
 }

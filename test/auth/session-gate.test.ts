@@ -19,21 +19,48 @@ describe("session gate", () => {
 
   const newSession = async () => (await createSession(database.db, { userId, refreshTtlS: 3600, ip: null, userAgent: null })).sessionId;
   const revoke = (sessionId: string) => database.db.update(sessions).set({ revokedAt: new Date(), revokedReason: "test" }).where(eq(sessions.id, sessionId));
-  /** a gate on a clock the test moves, counting its reads of the database */
-  const gateOnClock = () => {
+  /**
+   * A gate on a clock the test moves, counting its reads of the database; `hold(n)` keeps the
+   * n-th read's answer from coming back until the function it returns is called (a slow read:
+   * the database has answered, the gate is not told yet).
+   */
+  const gateOnClock = (opts: { maxEntries?: number } = {}) => {
     const clock = { t: 1_000_000 };
     let reads = 0;
+    const holds = new Map<number, Promise<void>>();
+    const hold = (n: number) => {
+      let release!: () => void;
+      holds.set(n, new Promise<void>((r) => (release = r)));
+      return release;
+    };
+    // the query builder, its answer held until `until` (every method of the chain stays wrapped)
+    const held = (builder: object, until: Promise<void>): object =>
+      new Proxy(builder, {
+        get(target, prop) {
+          const v = Reflect.get(target, prop, target) as unknown;
+          if (typeof v !== "function") return v;
+          if (prop === "then") {
+            return (res: (x: unknown) => unknown, rej: (e: unknown) => unknown) =>
+              (target as PromiseLike<unknown>).then((rows) => until.then(() => rows)).then(res, rej);
+          }
+          return (...args: unknown[]) => held((v as (...a: unknown[]) => object).apply(target, args), until);
+        },
+      });
     const counting = new Proxy(database.db, {
       get(target, prop, receiver) {
-        if (prop === "select") reads++;
-        return Reflect.get(target, prop, receiver);
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (prop !== "select") return v;
+        return (...args: unknown[]) => {
+          const builder = (v as (...a: unknown[]) => object).apply(receiver, args);
+          const until = holds.get(++reads);
+          return until ? held(builder, until) : builder;
+        };
       },
     });
     const answers: string[] = [];
-    const gate: SessionGate = createSessionGate(counting, { ttlMs: 2_000, now: () => clock.t, observe: (a) => answers.push(a) });
-    return { gate, clock, reads: () => reads, answers };
+    const gate: SessionGate = createSessionGate(counting, { ttlMs: 2_000, now: () => clock.t, observe: (a) => answers.push(a), ...opts });
+    return { gate, clock, reads: () => reads, answers, hold };
   };
-  const settle = () => new Promise((r) => setTimeout(r, 50));
 
   it("answers from memory within the TTL, and reads again once it has passed", async () => {
     const { gate, clock, reads } = gateOnClock();
@@ -58,7 +85,7 @@ describe("session gate", () => {
     // answered from memory at once (still within the TTL), and read again meanwhile
     expect((await gate.check(sid))?.active).toBe(true);
     expect(reads()).toBe(2);
-    await settle();
+    await gate.settled();
     clock.t += 100; // 1.3 s after the first read: without the refresh this would still be memory's "active"
     expect((await gate.check(sid))?.active).toBe(false);
     expect(reads()).toBe(2);
@@ -90,5 +117,55 @@ describe("session gate", () => {
     await revoke(sid);
     expect((await gate.check(sid))?.active).toBe(false); // ...and was not kept: this call read again
     expect(reads()).toBe(2);
+  });
+
+  it("does not join a read asked for a TTL ago or more: the call reads again; the old read's end leaves the new one be", async () => {
+    const { gate, clock, reads, hold } = gateOnClock();
+    const sid = await newSession();
+    const release1 = hold(1);
+    const release2 = hold(2);
+    const slow = gate.check(sid); // read 1: the database answers "active", the gate is not told yet
+    clock.t += 2_000;
+    await revoke(sid);
+    const fresh = gate.check(sid); // read 1 was asked for 2 s ago: too old to join
+    expect(reads()).toBe(2);
+    release1();
+    expect((await slow)?.active).toBe(true); // its own call, made before the revocation
+    const joined = gate.check(sid); // read 2 is still under way, and recent: joined
+    expect(reads()).toBe(2);
+    release2();
+    expect((await fresh)?.active).toBe(false);
+    expect((await joined)?.active).toBe(false);
+  });
+
+  it("a read that comes back after a later one does not replace what the later one read", async () => {
+    const { gate, clock, reads, hold, answers } = gateOnClock();
+    const sid = await newSession();
+    const release1 = hold(1);
+    const slow = gate.check(sid);
+    clock.t += 2_000;
+    await revoke(sid);
+    expect((await gate.check(sid))?.active).toBe(false); // read 2, back first
+    release1();
+    expect((await slow)?.active).toBe(true);
+    expect((await gate.check(sid))?.active).toBe(false); // from memory: read 2's state stays
+    expect(reads()).toBe(2);
+    expect(answers).toEqual(["database", "database", "memory"]);
+  });
+
+  it("evicts the entries read longest ago first: one read again moves to the end", async () => {
+    const { gate, clock, answers } = gateOnClock({ maxEntries: 3 });
+    const [a, b, c, d] = [await newSession(), await newSession(), await newSession(), await newSession()];
+    await gate.check(a);
+    await gate.check(b);
+    clock.t += 1_000;
+    await gate.check(a); // from memory, and read again in the background
+    await gate.settled();
+    await gate.check(c);
+    await gate.check(d); // a fourth entry: b, read longest ago, goes
+    answers.length = 0;
+    await gate.check(a);
+    await gate.check(b);
+    expect(answers).toEqual(["memory", "database"]);
   });
 });

@@ -93,4 +93,20 @@ describe.skipIf(!url)("a connection whose socket closes before its bytes are wri
     const ms = await elapsed(db`select 4 as n`.then((rows) => expect(rows).toEqual([{ n: 4 }])));
     expect(ms).toBeLessThan(2_000);
   });
+
+  it("a query waiting for that connection is served on the new one, not failed with the transaction", async () => {
+    const db = open(); // one connection: the query below waits for the transaction's
+    expect(await db`select 1 as n`).toEqual([{ n: 1 }]);
+    let waiting: Promise<unknown> | undefined;
+    const outcome = await db
+      .begin(async (tx) => {
+        await tx`select 1`;
+        waiting = db`select 5 as n`.then((rows) => rows, (e: { code?: string }) => e.code);
+        sockets.at(-1)!.destroy();
+        await tx`select 2`;
+      })
+      .then(() => "committed", (e: { code?: string }) => e.code);
+    expect(outcome).toBe("CONNECTION_CLOSED");
+    expect(await waiting).toEqual([{ n: 5 }]);
+  });
 });
