@@ -3,7 +3,7 @@
 // through a short-lived cache: a revocation on another instance is seen within SESSION_CHECK_TTL_MS.
 // A session in use is read again in the background once its state is half that old, so a call
 // waits for the database only when no call of that session came in the second half of its
-// state's life (or that read failed), not once every TTL per session.
+// state's life, or that read failed or is still under way at the TTL, not once every TTL.
 import { createHash, randomBytes } from "node:crypto";
 import { and, eq, isNull, ne, sql } from "drizzle-orm";
 import type { Db, Executor } from "../db/client.js";
@@ -25,7 +25,7 @@ export const hashRefreshToken = (token: string) => createHash("sha256").update(t
 export const newRefreshToken = () => randomBytes(32).toString("base64url");
 
 export type SessionGate = {
-  /** The session's state, from memory when checked less than SESSION_CHECK_TTL_MS ago. */
+  /** The session's state, from memory when read (asked for) less than SESSION_CHECK_TTL_MS ago. */
   check(sessionId: string): Promise<SessionState | undefined>;
   /** Forget what this instance knows (its own revocations are then seen at once). */
   forget(sessionId: string): void;
@@ -47,7 +47,7 @@ export type SessionGateOptions = {
 export function createSessionGate(db: Db, opts: SessionGateOptions = {}): SessionGate {
   const ttl = opts.ttlMs ?? SESSION_CHECK_TTL_MS;
   const refreshAfter = opts.refreshAfterMs ?? ttl / 2;
-  const now = opts.now ?? Date.now;
+  const now = opts.now ?? (() => performance.now()); // monotonic: a clock step must not stretch the bound
   const maxEntries = opts.maxEntries ?? 50_000;
   const cache = new Map<string, { state: SessionState | undefined; at: number }>();
   // The read under way of each session, and when it was asked for; concurrent checks share it.

@@ -21,29 +21,37 @@ describe("session gate", () => {
   const revoke = (sessionId: string) => database.db.update(sessions).set({ revokedAt: new Date(), revokedReason: "test" }).where(eq(sessions.id, sessionId));
   /**
    * A gate on a clock the test moves, counting its reads of the database; `hold(n)` keeps the
-   * n-th read's answer from coming back until the function it returns is called (a slow read:
-   * the database has answered, the gate is not told yet).
+   * n-th read's answer from the gate until `release()` (a slow read: the database has answered,
+   * which `answered` tells, and the gate is not told yet).
    */
   const gateOnClock = (opts: { maxEntries?: number } = {}) => {
     const clock = { t: 1_000_000 };
     let reads = 0;
-    const holds = new Map<number, Promise<void>>();
+    const holds = new Map<number, { until: Promise<void>; answer: () => void }>();
     const hold = (n: number) => {
       let release!: () => void;
-      holds.set(n, new Promise<void>((r) => (release = r)));
-      return release;
+      let answer!: () => void;
+      const until = new Promise<void>((r) => (release = r));
+      const answered = new Promise<void>((r) => (answer = r));
+      holds.set(n, { until, answer });
+      return { release, answered };
     };
-    // the query builder, its answer held until `until` (every method of the chain stays wrapped)
-    const held = (builder: object, until: Promise<void>): object =>
+    // the query builder, its answer held (every method of the chain stays wrapped)
+    const held = (builder: object, h: { until: Promise<void>; answer: () => void }): object =>
       new Proxy(builder, {
         get(target, prop) {
           const v = Reflect.get(target, prop, target) as unknown;
           if (typeof v !== "function") return v;
           if (prop === "then") {
             return (res: (x: unknown) => unknown, rej: (e: unknown) => unknown) =>
-              (target as PromiseLike<unknown>).then((rows) => until.then(() => rows)).then(res, rej);
+              (target as PromiseLike<unknown>)
+                .then((rows) => {
+                  h.answer();
+                  return h.until.then(() => rows);
+                })
+                .then(res, rej);
           }
-          return (...args: unknown[]) => held((v as (...a: unknown[]) => object).apply(target, args), until);
+          return (...args: unknown[]) => held((v as (...a: unknown[]) => object).apply(target, args), h);
         },
       });
     const counting = new Proxy(database.db, {
@@ -52,8 +60,8 @@ describe("session gate", () => {
         if (prop !== "select") return v;
         return (...args: unknown[]) => {
           const builder = (v as (...a: unknown[]) => object).apply(receiver, args);
-          const until = holds.get(++reads);
-          return until ? held(builder, until) : builder;
+          const h = holds.get(++reads);
+          return h ? held(builder, h) : builder;
         };
       },
     });
@@ -106,6 +114,7 @@ describe("session gate", () => {
     clock.t += 1_500;
     await Promise.all([gate.check(sid), gate.check(sid), gate.check(sid)]);
     expect(reads()).toBe(3); // three calls past half the TTL: one background read
+    await gate.settled();
   });
 
   it("forget() wins over a read under way: what it read is not remembered", async () => {
@@ -122,18 +131,19 @@ describe("session gate", () => {
   it("does not join a read asked for a TTL ago or more: the call reads again; the old read's end leaves the new one be", async () => {
     const { gate, clock, reads, hold } = gateOnClock();
     const sid = await newSession();
-    const release1 = hold(1);
-    const release2 = hold(2);
+    const read1 = hold(1);
+    const read2 = hold(2);
     const slow = gate.check(sid); // read 1: the database answers "active", the gate is not told yet
+    await read1.answered;
     clock.t += 2_000;
     await revoke(sid);
     const fresh = gate.check(sid); // read 1 was asked for 2 s ago: too old to join
     expect(reads()).toBe(2);
-    release1();
+    read1.release();
     expect((await slow)?.active).toBe(true); // its own call, made before the revocation
     const joined = gate.check(sid); // read 2 is still under way, and recent: joined
     expect(reads()).toBe(2);
-    release2();
+    read2.release();
     expect((await fresh)?.active).toBe(false);
     expect((await joined)?.active).toBe(false);
   });
@@ -141,12 +151,13 @@ describe("session gate", () => {
   it("a read that comes back after a later one does not replace what the later one read", async () => {
     const { gate, clock, reads, hold, answers } = gateOnClock();
     const sid = await newSession();
-    const release1 = hold(1);
+    const read1 = hold(1);
     const slow = gate.check(sid);
+    await read1.answered;
     clock.t += 2_000;
     await revoke(sid);
     expect((await gate.check(sid))?.active).toBe(false); // read 2, back first
-    release1();
+    read1.release();
     expect((await slow)?.active).toBe(true);
     expect((await gate.check(sid))?.active).toBe(false); // from memory: read 2's state stays
     expect(reads()).toBe(2);

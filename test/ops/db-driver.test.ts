@@ -14,7 +14,7 @@ import { afterEach, describe, expect, it } from "vitest";
 const url = process.env.TEST_DATABASE_URL;
 
 describe("the PostgreSQL driver's patch is in place", () => {
-  it("in both of its builds (ESM, which the service loads, and CommonJS)", () => {
+  it("in both of its builds that Node loads (ESM, which the service uses, and CommonJS; cf/ is for Cloudflare Workers)", () => {
     const require = createRequire(import.meta.url);
     const cjs = require.resolve("postgres"); // .../cjs/src/index.js
     for (const file of [cjs.replace(/index\.js$/, "connection.js"), cjs.replace(/cjs\/src\/index\.js$/, "src/connection.js")]) {
