@@ -128,7 +128,7 @@ export async function fixedRate(url: string, requests: Req[], opts: { rate: numb
  * every round, so a run of more than ~10 rounds a minute meets the per-account throttle, whose
  * 429s are counted apart. `stop()` resolves with the answers by status (a failed request: "error").
  */
-export function loginStorm(url: string, users: number, width = 50): { stop(): Promise<Record<string, number>> } {
+function loginStorm(url: string, users: number, width = 50): { stop(): Promise<Record<string, number>> } {
   let on = true;
   const codes: Record<string, number> = {};
   const count = (k: string) => (codes[k] = (codes[k] ?? 0) + 1);
@@ -158,6 +158,19 @@ export function loginStorm(url: string, users: number, width = 50): { stop(): Pr
       return done;
     },
   };
+}
+
+/** `fn`'s load run beside a login storm, and the storm's answers; the storm stops even if `fn` fails. */
+export async function besideLoginStorm<T>(url: string, users: number, fn: () => Promise<T>): Promise<{ load: T; logins: Record<string, number> }> {
+  const storm = loginStorm(url, users);
+  let load: T;
+  let logins: Record<string, number>;
+  try {
+    load = await fn();
+  } finally {
+    logins = await storm.stop();
+  }
+  return { load, logins };
 }
 
 /** "300 logins" or "250 logins, 50 answered 429": what a storm's answers were. */

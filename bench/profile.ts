@@ -12,7 +12,7 @@
 //   ($SVC_PID, $PG_PIDS are set).
 import { execFile, execFileSync } from "node:child_process";
 import { cpuMs, json, startCast, USERS } from "./cast.js";
-import { closedLoop, describeLogins, fixedRate, loginStorm, type Load } from "./load.js";
+import { besideLoginStorm, closedLoop, describeLogins, fixedRate } from "./load.js";
 import { freePort, startChild, type Child } from "./processes.js";
 
 const [target = "service", mode = "closed", levelArg] = process.argv.slice(2);
@@ -44,13 +44,14 @@ function threads(pid: number): Map<string, number> {
   }
   return m;
 }
-/** From the service's /metrics: db_group_* sums and counts by statement, and the session checks by answer (`session check (…)`, `n` only). */
-async function groups(url: string): Promise<Map<string, { n: number; items: number; seconds: number }>> {
+/** From the service's /metrics: db_group_* sums and counts by statement; session checks by answer. */
+async function serviceMetrics(url: string): Promise<{ groups: Map<string, { n: number; items: number; seconds: number }>; sessionChecks: Map<string, number> }> {
   const text = await (await fetch(url + "/metrics")).text();
   const m = new Map<string, { n: number; items: number; seconds: number }>();
+  const sessionChecks = new Map<string, number>();
   for (const line of text.split("\n")) {
     const c = /^session_checks_total\{answer="([^"]+)"\} (\S+)/.exec(line);
-    if (c) m.set(`session check (${c[1]})`, { n: Number(c[2]), items: 0, seconds: 0 });
+    if (c) sessionChecks.set(c[1]!, Number(c[2]));
     const r = /^db_group_(size|duration_seconds)_(sum|count)\{statement="([^"]+)"\} (\S+)/.exec(line);
     if (!r) continue;
     const e = m.get(r[3]!) ?? { n: 0, items: 0, seconds: 0 };
@@ -59,7 +60,7 @@ async function groups(url: string): Promise<Map<string, { n: number; items: numb
     if (r[1] === "duration_seconds" && r[2] === "sum") e.seconds = Number(r[4]);
     m.set(r[3]!, e);
   }
-  return m;
+  return { groups: m, sessionChecks };
 }
 const sum = (pids: number[]) => pids.reduce((s, p) => { try { return s + cpuMs(p); } catch { return s; } }, 0);
 
@@ -96,14 +97,7 @@ async function main() {
       await fixedRate(cast.svc.url, cast.serviceReqs, { rate, seconds: 3 });
       for (let rep = 0; rep < Number(process.env.REPS ?? 1); rep++) {
         const alone = await fixedRate(cast.svc.url, cast.serviceReqs, { rate, seconds: SECONDS });
-        const storm = loginStorm(cast.svc.url, USERS);
-        let beside: Load;
-        let logins: Record<string, number>;
-        try {
-          beside = await fixedRate(cast.svc.url, cast.serviceReqs, { rate, seconds: SECONDS });
-        } finally {
-          logins = await storm.stop();
-        }
+        const { load: beside, logins } = await besideLoginStorm(cast.svc.url, USERS, () => fixedRate(cast.svc.url, cast.serviceReqs, { rate, seconds: SECONDS }));
         process.stdout.write(`at ${rate}/s: p50 ${alone.p50.toFixed(2)} -> ${beside.p50.toFixed(2)} ms, p99 ${alone.p99.toFixed(2)} -> ${beside.p99.toFixed(2)} ms beside ${describeLogins(logins)}\n`);
       }
       return;
@@ -122,7 +116,7 @@ async function main() {
     const before = Object.fromEntries(Object.entries(procs).map(([k, p]) => [k, cpuMs(p)]));
     const pgBefore = sum(postgresPids());
     const thrBefore = threads(cast.svc.pid);
-    const groupsBefore = await groups(cast.svc.url);
+    const groupsBefore = await serviceMetrics(cast.svc.url);
     const selfBefore = process.cpuUsage();
     const t0 = performance.now();
     const hook = process.env.PROFILE_HOOK
@@ -141,12 +135,15 @@ async function main() {
     const self = process.cpuUsage(selfBefore);
     const thrAfter = threads(cast.svc.pid);
     const perThread = [...thrAfter].map(([k, v]) => [k.split("#")[0], (v - (thrBefore.get(k) ?? 0)) / wall] as const).filter(([, v]) => v > 0.005);
-    const groupsAfter = await groups(cast.svc.url);
-    for (const [k, v] of groupsAfter) {
-      const b = groupsBefore.get(k) ?? { n: 0, items: 0, seconds: 0 };
+    const groupsAfter = await serviceMetrics(cast.svc.url);
+    for (const [k, v] of groupsAfter.groups) {
+      const b = groupsBefore.groups.get(k) ?? { n: 0, items: 0, seconds: 0 };
       const n = v.n - b.n;
-      if (n > 0 && k.startsWith("session check")) process.stdout.write(`  ${k}: ${n} calls\n`);
-      else if (n > 0) process.stdout.write(`  ${k}: ${n} groups, ${((v.items - b.items) / n).toFixed(1)} calls each, ${(((v.seconds - b.seconds) / n) * 1000).toFixed(2)} ms each\n`);
+      if (n > 0) process.stdout.write(`  ${k}: ${n} groups, ${((v.items - b.items) / n).toFixed(1)} calls each, ${(((v.seconds - b.seconds) / n) * 1000).toFixed(2)} ms each\n`);
+    }
+    for (const [answer, total] of groupsAfter.sessionChecks) {
+      const n = total - (groupsBefore.sessionChecks.get(answer) ?? 0);
+      if (n > 0) process.stdout.write(`  session checks answered from ${answer}: ${n}\n`);
     }
     process.stdout.write(`service threads (cores): ${perThread.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ")}\n`);
     const cpu: Record<string, number> = Object.fromEntries(Object.entries(procs).map(([k, p]) => [k, (cpuMs(p) - before[k]!) / wall]));

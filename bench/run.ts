@@ -8,7 +8,7 @@ import { cpus, totalmem } from "node:os";
 import { sql } from "drizzle-orm";
 import { rowsOf } from "../src/db/client.js";
 import { json, KEYS, startCast, USERS } from "./cast.js";
-import { closedLoop, describeLogins, fixedRate, loginStorm, percentile, type Load } from "./load.js";
+import { besideLoginStorm, closedLoop, describeLogins, fixedRate, percentile, type Load } from "./load.js";
 
 const DURATION = Number(process.env.BENCH_SECONDS ?? 10);
 const AUDIT_EVENTS = Number(process.env.BENCH_AUDIT_EVENTS ?? 1_000_000);
@@ -47,14 +47,7 @@ async function main() {
 
     // --- a storm of 50 concurrent logins (argon2) against proxied p99 at the fixed rate -------------
     const baseline = service.fixed;
-    const storm = loginStorm(svc.url, USERS);
-    let duringStorm: Load;
-    let logins: Record<string, number>;
-    try {
-      duringStorm = await fixedRate(svc.url, cast.serviceReqs, { rate: RATE, seconds: DURATION });
-    } finally {
-      logins = await storm.stop();
-    }
+    const { load: duringStorm, logins } = await besideLoginStorm(svc.url, USERS, () => fixedRate(svc.url, cast.serviceReqs, { rate: RATE, seconds: DURATION }));
     serviceAnswered += ok(duringStorm);
 
     // --- a flood from one user far over their limit, beside everyone else at the fixed rate -------
