@@ -4,7 +4,7 @@ import type { Config, RatePolicy } from "./config.js";
 import { parseRatePolicy } from "./config.js";
 import type { Keyring } from "./crypto/keyring.js";
 import type { Database, Db } from "./db/client.js";
-import { createMetrics, groupObserver, type Metrics } from "./metrics.js";
+import { createMetrics, groupObserver, sessionCheckObserver, type Metrics } from "./metrics.js";
 import { createPasswordHasher, type PasswordHasher } from "./services/passwords.js";
 import { createSessionGate, type SessionGate } from "./services/sessions.js";
 import { createTokenService, type TokenService } from "./services/tokens.js";
@@ -79,7 +79,7 @@ export async function createDeps(input: {
     tokens,
     sessions: createSessionGate(database.db, {
       ...(input.sessionCheckTtlMs !== undefined ? { ttlMs: input.sessionCheckTtlMs } : {}),
-      observe: (answer) => metrics.sessionChecks.inc({ answer }),
+      observe: sessionCheckObserver(metrics),
     }),
     vault,
     // Each kind of grouped statement on a connection of its own (Database.lane).

@@ -86,3 +86,9 @@ export function groupObserver(m: Metrics, statement: string): (size: number, sec
     duration.observe(seconds);
   };
 }
+
+/** The session gate's observer that feeds session_checks_total (children bound once: no label lookup a call). */
+export function sessionCheckObserver(m: Metrics): (answer: "memory" | "database") => void {
+  const answered = { memory: m.sessionChecks.labels("memory"), database: m.sessionChecks.labels("database") };
+  return (answer) => answered[answer].inc();
+}

@@ -43,8 +43,10 @@ describe("/metrics", () => {
     expect(r.text).toMatch(/^# TYPE http_request_duration_seconds histogram$/m);
     expect(r.text).toMatch(/^http_request_duration_seconds_bucket\{[^}]*route="\/healthz"/m);
     expect(r.text).toMatch(/^http_request_duration_seconds_count\{/m);
-    // the /me and PATCH calls checked the admin's session: the first one read it from the database
+    // the /me and PATCH calls checked the admin's session: the first read it from the database,
+    // the second had it in memory
     expect(r.text).toMatch(/^session_checks_total\{answer="database"\} [1-9]/m);
+    expect(r.text).toMatch(/^session_checks_total\{answer="memory"\} [1-9]/m);
   });
 });
 
