@@ -97,6 +97,7 @@ export async function fixedRate(url: string, requests: Req[], opts: { rate: numb
   const warm = Math.min(total, opts.rate); // the first second opens the connections: not measured
   const inFlight: Promise<void>[] = [];
   const t0 = performance.now() + 50;
+  const trace: [number, number][] | undefined = process.env.BENCH_TRACE ? [] : undefined;
   for (let k = 0; k < warm + total; k++) {
     const due = t0 + k * gap;
     const wait = due - performance.now();
@@ -111,6 +112,7 @@ export async function fixedRate(url: string, requests: Req[], opts: { rate: numb
           if (k < warm) return;
           codes[res.statusCode] = (codes[res.statusCode] ?? 0) + 1;
           latencies.push(performance.now() - sent);
+          trace?.push([sent - t0, performance.now() - sent]);
         })
         .catch(() => {
           if (k >= warm) errors++;
@@ -119,6 +121,7 @@ export async function fixedRate(url: string, requests: Req[], opts: { rate: numb
   }
   await Promise.all(inFlight);
   await pool.close();
+  if (trace) (await import("node:fs")).writeFileSync(process.env.BENCH_TRACE!, JSON.stringify(trace));
   return summarise(latencies, codes, opts.seconds, errors);
 }
 

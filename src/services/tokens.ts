@@ -1,6 +1,6 @@
 // Access tokens: ES256 JWTs signed with a key kept sealed in the database, so every instance signs
 // and verifies with the same key. Refresh tokens are opaque and live in services/sessions.ts.
-import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { hash, randomBytes, randomUUID } from "node:crypto";
 import { desc, isNull, sql } from "drizzle-orm";
 import {
   SignJWT,
@@ -109,7 +109,8 @@ export async function createTokenService(opts: {
   // its token. Keyed by a hash of the token, so the map holds no bearer credential.
   const cacheSize = opts.cacheSize ?? 10_000;
   const verified = new Map<string, AccessClaims>();
-  const cacheKey = (token: string) => createHash("sha256").update(token).digest("base64url");
+  // (crypto.hash, one call: half the cost of a Hash object, on every authenticated request)
+  const cacheKey = (token: string) => hash("sha256", token, "base64url");
 
   return {
     kid: row.kid,

@@ -88,6 +88,12 @@ describe("seal and open", () => {
     expect(() => openWith(KEY_A, sealed, { purpose: "a", table: "bc", id: "d" })).toThrow(OpenError);
   });
 
+  it("the AAD's bytes are fixed: boxes sealed by earlier versions still open", () => {
+    // Each field as a 4-byte big-endian length (of its UTF-8 bytes) and the bytes; owner last, empty when absent.
+    expect(aad({ purpose: "ab", table: "c", id: "d" }).toString("hex")).toBe("00000002616200000001630000000164" + "00000000");
+    expect(aad({ purpose: "p", table: "t", id: "é", owner: "o" }).toString("hex")).toBe("0000000170" + "0000000174" + "00000002c3a9" + "000000016f");
+  });
+
   it("another key fails to open, even under the same entry id", () => {
     const sealed = ringA.seal(plaintext, binding);
     openFails(Keyring.parse(`a:${B64_B}`), sealed, binding);
