@@ -5,6 +5,7 @@ import { createApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { KeyringError } from "./crypto/keyring.js";
 import { createDeps } from "./deps.js";
+import { exitOnFault } from "./fatal.js";
 import { createLogger, describeError } from "./log.js";
 import { sweepIdempotencyKeys } from "./services/idempotency.js";
 import { sweepBuckets, sweepPauses } from "./services/rate-limit.js";
@@ -23,6 +24,7 @@ async function main() {
     throw err;
   }
   const log = createLogger(config.logLevel);
+  exitOnFault(log);
   const { database, keyring } = await prepareDatabase(config, log);
   const deps = await createDeps({ config, database, keyring, log });
   await ensureFirstAdmin(deps, (text) => process.stdout.write(text + "\n"));
