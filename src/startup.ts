@@ -7,6 +7,7 @@ import type { Logger } from "pino";
 import type { Config } from "./config.js";
 import { Keyring } from "./crypto/keyring.js";
 import { openPglite, openPostgres, type Database } from "./db/client.js";
+import { DataDirInUseError } from "./db/data-dir-lock.js";
 import { migrate } from "./db/migrate.js";
 import type { Deps } from "./deps.js";
 import { bootstrapAdmin } from "./services/accounts.js";
@@ -20,7 +21,13 @@ export class StartupError extends Error {
 }
 
 export async function openDatabase(config: Config): Promise<Database> {
-  return config.databaseUrl ? openPostgres(config.databaseUrl) : openPglite(config.dataDir);
+  if (config.databaseUrl) return openPostgres(config.databaseUrl);
+  try {
+    return await openPglite(config.dataDir);
+  } catch (err) {
+    if (err instanceof DataDirInUseError) throw new StartupError(err.message);
+    throw err;
+  }
 }
 
 /**

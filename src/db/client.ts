@@ -4,6 +4,7 @@ import { mkdirSync } from "node:fs";
 import { resolve } from "node:path";
 import type { ExtractTablesWithRelations, SQL } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT, PgTransaction } from "drizzle-orm/pg-core";
+import { lockDataDir } from "./data-dir-lock.js";
 import * as schema from "./schema.js";
 
 type Schema = typeof schema;
@@ -114,11 +115,17 @@ export async function openPglite(dataDir: string | undefined, opts: { loadDataDi
   const { PGlite } = await import("@electric-sql/pglite");
   const { drizzle } = await import("drizzle-orm/pglite");
   let dir: string | undefined;
+  let lock: { release(): void } | undefined;
   if (dataDir !== undefined) {
+    mkdirSync(resolve(dataDir), { recursive: true, mode: 0o700 });
+    lock = lockDataDir(resolve(dataDir)); // one process at a time (data-dir-lock.ts)
     dir = resolve(dataDir, "pglite");
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
-  const client = await PGlite.create({ ...(dir ? { dataDir: dir } : {}), ...(opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {}) });
+  const client = await PGlite.create({ ...(dir ? { dataDir: dir } : {}), ...(opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {}) }).catch((err: unknown) => {
+    lock?.release();
+    throw err;
+  });
   const db = drizzle(client, { schema }) as unknown as Db;
   const query = async <T>(text: string, params: readonly SqlParam[]) => (await client.query<T>(text, params as SqlParam[])).rows;
   return {
@@ -128,6 +135,12 @@ export async function openPglite(dataDir: string | undefined, opts: { loadDataDi
     kind: "pglite",
     poolMax: 1,
     poolConnections: async () => ({ active: client.closed ? 0 : 1 }),
-    close: () => client.close(),
+    close: async () => {
+      try {
+        await client.close();
+      } finally {
+        lock?.release();
+      }
+    },
   };
 }

@@ -102,6 +102,16 @@ describe("the service process", () => {
       expect(proc.out.stdout).toMatch(/VAULT_KEYRING is not set/);
     });
 
+    it("while it runs, a CLI command (exit 2) or a second service (exit 78) on its DATA_DIR is refused, naming its pid", async () => {
+      const r = await cli(["vault", "status"], { DATA_DIR: dataDir }, "");
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toContain(`in use by process ${proc.child.pid}`);
+      const second = run({ DATA_DIR: dataDir, PORT: String(await freePort()), HALTMAN_BASE_URL: sim.url });
+      expect(await second.exited, second.out.stderr).toBe(78);
+      expect(second.out.stderr).toContain(`in use by process ${proc.child.pid}`);
+      expect((await fetch(url + "/readyz")).status).toBe(200); // the service carries on
+    }, 60_000);
+
     it("on SIGTERM finishes the request in flight, then exits 0", async () => {
       const m = /password: (\S+)/.exec(proc.out.stdout)!;
       const { access_token } = (await (

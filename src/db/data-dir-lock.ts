@@ -1,0 +1,115 @@
+// One process at a time on an embedded database. PGlite is a single-process PostgreSQL: two
+// processes on one DATA_DIR (the service and a CLI command, two services) each write its files as
+// if alone, and corrupt it. A lock file in DATA_DIR names the process holding it; another process
+// is refused while that one lives, and a lock whose process is gone (killed, crashed) is taken over.
+import { closeSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { join } from "node:path";
+
+export class DataDirInUseError extends Error {
+  constructor(
+    readonly dir: string,
+    readonly pid: number | null,
+  ) {
+    super(
+      pid === null
+        ? `DATA_DIR ${dir} is being opened by another process; stop it first`
+        : pid === process.pid
+          ? `DATA_DIR ${dir} is already open in this process`
+          : `DATA_DIR ${dir} is in use by process ${pid} (the service, or another command): stop it first; the embedded database takes one process at a time`,
+    );
+    this.name = "DataDirInUseError";
+  }
+}
+
+type Holder = { pid: number; started: string | null };
+
+/**
+ * Who a process is: its pid, and where /proc tells, its start (boot id and start time), so that
+ * a pid reused after a restart (a container's pid 1, every time) is not taken for the holder.
+ */
+function identity(pid: number): string | null {
+  try {
+    const boot = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const start = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]; // field 22, starttime
+    return start ? `${boot}:${start}` : null;
+  } catch {
+    return null;
+  }
+}
+
+function alive(h: Holder): boolean {
+  try {
+    process.kill(h.pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EPERM") return false; // ESRCH: gone
+  }
+  // The pid lives; it is the holder unless we can tell it started after the lock was written.
+  if (h.started === null) return h.pid !== process.pid;
+  const now = identity(h.pid);
+  return now === null || now === h.started;
+}
+
+function read(file: string): Holder | "unreadable" {
+  try {
+    const h = JSON.parse(readFileSync(file, "utf8")) as Partial<Holder>;
+    if (typeof h.pid === "number" && Number.isInteger(h.pid) && h.pid > 0) return { pid: h.pid, started: typeof h.started === "string" ? h.started : null };
+  } catch {
+    // empty or torn: below
+  }
+  return "unreadable";
+}
+
+/** Takes DATA_DIR's lock, or throws DataDirInUseError. `release()` gives it back (idempotent). */
+export function lockDataDir(dir: string): { release(): void } {
+  const file = join(dir, "pglite.lock");
+  const mine: Holder = { pid: process.pid, started: identity(process.pid) };
+  const text = JSON.stringify(mine) + "\n";
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fd = openSync(file, "wx", 0o600);
+      try {
+        writeSync(fd, text);
+      } finally {
+        closeSync(fd);
+      }
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 3) throw err;
+    }
+    const h = read(file);
+    if (h === "unreadable") {
+      // Being written this instant by another process, or left torn by one that died while
+      // writing it: a few seconds tell the two apart.
+      let age = Infinity;
+      try {
+        age = Date.now() - statSync(file).mtimeMs;
+      } catch {
+        continue; // gone meanwhile: try again
+      }
+      if (age < 5_000) throw new DataDirInUseError(dir, null);
+    } else if (alive(h)) {
+      throw new DataDirInUseError(dir, h.pid);
+    }
+    try {
+      unlinkSync(file); // stale: its process is gone
+    } catch {
+      // another process took it over first: the next attempt sees its lock
+    }
+  }
+
+  let held = true;
+  const release = () => {
+    if (!held) return;
+    held = false;
+    process.off("exit", release);
+    try {
+      if (readFileSync(file, "utf8") === text) unlinkSync(file);
+    } catch {
+      // already gone
+    }
+  };
+  // An exit through process.exit() gives it back too; a SIGKILL leaves it, stale, to be taken over.
+  process.on("exit", release);
+  return { release };
+}
