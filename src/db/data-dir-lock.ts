@@ -50,14 +50,23 @@ function alive(h: Holder): boolean {
   return now === null || now === h.started;
 }
 
-function read(file: string): Holder | "unreadable" {
+/** The lock file's text, and the holder it names ("unreadable": empty or torn). */
+function read(file: string): { raw: string; holder: Holder | "unreadable" } | undefined {
+  let raw: string;
   try {
-    const h = JSON.parse(readFileSync(file, "utf8")) as Partial<Holder>;
-    if (typeof h.pid === "number" && Number.isInteger(h.pid) && h.pid > 0) return { pid: h.pid, started: typeof h.started === "string" ? h.started : null };
+    raw = readFileSync(file, "utf8");
   } catch {
-    // empty or torn: below
+    return undefined; // gone
   }
-  return "unreadable";
+  try {
+    const h = JSON.parse(raw) as Partial<Holder>;
+    if (typeof h.pid === "number" && Number.isInteger(h.pid) && h.pid > 0) {
+      return { raw, holder: { pid: h.pid, started: typeof h.started === "string" ? h.started : null } };
+    }
+  } catch {
+    // below
+  }
+  return { raw, holder: "unreadable" };
 }
 
 /** Takes DATA_DIR's lock, or throws DataDirInUseError. `release()` gives it back (idempotent). */
@@ -75,9 +84,12 @@ export function lockDataDir(dir: string): { release(): void } {
       }
       break;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST" || attempt >= 3) throw err;
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      if (attempt >= 3) throw new DataDirInUseError(dir, null); // others keep taking it: one of them has it
     }
-    const h = read(file);
+    const seen = read(file);
+    if (!seen) continue; // gone meanwhile: try again
+    const h = seen.holder;
     if (h === "unreadable") {
       // Being written this instant by another process, or left torn by one that died while
       // writing it: a few seconds tell the two apart.
@@ -85,16 +97,20 @@ export function lockDataDir(dir: string): { release(): void } {
       try {
         age = Date.now() - statSync(file).mtimeMs;
       } catch {
-        continue; // gone meanwhile: try again
+        continue;
       }
       if (age < 5_000) throw new DataDirInUseError(dir, null);
     } else if (alive(h)) {
       throw new DataDirInUseError(dir, h.pid);
     }
+    // Stale: its process is gone. Removed only if it still says what was judged, so that a
+    // process taking it over at the same moment keeps the lock it has just made (what is left is
+    // the instant between this read and the unlink).
+    if (read(file)?.raw !== seen.raw) continue;
     try {
-      unlinkSync(file); // stale: its process is gone
+      unlinkSync(file);
     } catch {
-      // another process took it over first: the next attempt sees its lock
+      // another process removed it first: the next attempt sees whose lock is there
     }
   }
 
