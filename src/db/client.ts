@@ -120,7 +120,12 @@ export async function openPglite(dataDir: string | undefined, opts: { loadDataDi
     mkdirSync(resolve(dataDir), { recursive: true, mode: 0o700 });
     lock = lockDataDir(resolve(dataDir)); // one process at a time (data-dir-lock.ts)
     dir = resolve(dataDir, "pglite");
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
   }
   const client = await PGlite.create({ ...(dir ? { dataDir: dir } : {}), ...(opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {}) }).catch((err: unknown) => {
     lock?.release();

@@ -2,7 +2,10 @@
 // processes on one DATA_DIR (the service and a CLI command, two services) each write its files as
 // if alone, and corrupt it. A lock file in DATA_DIR names the process holding it; another process
 // is refused while that one lives, and a lock whose process is gone (killed, crashed) is taken over.
-import { closeSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from "node:fs";
+// A pid means something only in its own pid namespace (two containers on one volume each have a
+// pid 1): the holder also touches the file every 2 s, and a lock from another namespace is held
+// while it is touched, stale 10 s after its last touch.
+import { closeSync, openSync, readFileSync, readlinkSync, statSync, unlinkSync, utimesSync, writeSync } from "node:fs";
 import { join } from "node:path";
 
 export class DataDirInUseError extends Error {
@@ -21,7 +24,18 @@ export class DataDirInUseError extends Error {
   }
 }
 
-type Holder = { pid: number; started: string | null };
+type Holder = { pid: number; started: string | null; ns?: string | null };
+
+const HEARTBEAT_MS = 2_000;
+const STALE_AFTER_MS = 10_000;
+
+function pidNamespace(): string | null {
+  try {
+    return readlinkSync("/proc/self/ns/pid");
+  } catch {
+    return null;
+  }
+}
 
 /**
  * Who a process is: its pid, and where /proc tells, its start (boot id and start time), so that
@@ -38,7 +52,17 @@ function identity(pid: number): string | null {
   }
 }
 
-function alive(h: Holder): boolean {
+function alive(h: Holder, file: string): boolean {
+  const ns = pidNamespace();
+  if ((h.ns ?? null) !== ns || ns === null) {
+    // Not our namespace (or none to tell): its pid says nothing here; its heartbeat does.
+    try {
+      if (Date.now() - statSync(file).mtimeMs < STALE_AFTER_MS) return true;
+    } catch {
+      return false; // gone
+    }
+    if (ns === null || (h.ns ?? null) !== ns) return false;
+  }
   try {
     process.kill(h.pid, 0);
   } catch (err) {
@@ -55,13 +79,14 @@ function read(file: string): { raw: string; holder: Holder | "unreadable" } | un
   let raw: string;
   try {
     raw = readFileSync(file, "utf8");
-  } catch {
-    return undefined; // gone
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined; // gone
+    throw err; // unreadable to us (another user's): said as it is
   }
   try {
     const h = JSON.parse(raw) as Partial<Holder>;
     if (typeof h.pid === "number" && Number.isInteger(h.pid) && h.pid > 0) {
-      return { raw, holder: { pid: h.pid, started: typeof h.started === "string" ? h.started : null } };
+      return { raw, holder: { pid: h.pid, started: typeof h.started === "string" ? h.started : null, ns: typeof h.ns === "string" ? h.ns : null } };
     }
   } catch {
     // below
@@ -72,11 +97,11 @@ function read(file: string): { raw: string; holder: Holder | "unreadable" } | un
 /** Takes DATA_DIR's lock, or throws DataDirInUseError. `release()` gives it back (idempotent). */
 export function lockDataDir(dir: string): { release(): void } {
   const file = join(dir, "pglite.lock");
-  const mine: Holder = { pid: process.pid, started: identity(process.pid) };
+  const mine: Holder = { pid: process.pid, started: identity(process.pid), ns: pidNamespace() };
   const text = JSON.stringify(mine) + "\n";
   for (let attempt = 0; ; attempt++) {
     try {
-      const fd = openSync(file, "wx", 0o600);
+      const fd = openSync(file, "wx", 0o644);
       try {
         writeSync(fd, text);
       } finally {
@@ -100,7 +125,7 @@ export function lockDataDir(dir: string): { release(): void } {
         continue;
       }
       if (age < 5_000) throw new DataDirInUseError(dir, null);
-    } else if (alive(h)) {
+    } else if (alive(h, file)) {
       throw new DataDirInUseError(dir, h.pid);
     }
     // Stale: its process is gone. Removed only if it still says what was judged, so that a
@@ -115,9 +140,19 @@ export function lockDataDir(dir: string): { release(): void } {
   }
 
   let held = true;
+  const heartbeat = setInterval(() => {
+    try {
+      const t = new Date();
+      utimesSync(file, t, t);
+    } catch {
+      // gone: release() below is a no-op on someone else's lock
+    }
+  }, HEARTBEAT_MS);
+  heartbeat.unref();
   const release = () => {
     if (!held) return;
     held = false;
+    clearInterval(heartbeat);
     process.off("exit", release);
     try {
       if (readFileSync(file, "utf8") === text) unlinkSync(file);
