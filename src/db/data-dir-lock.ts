@@ -52,17 +52,19 @@ function identity(pid: number): string | null {
   }
 }
 
-function alive(h: Holder, file: string): boolean {
-  const ns = pidNamespace();
-  if ((h.ns ?? null) !== ns || ns === null) {
-    // Not our namespace (or none to tell): its pid says nothing here; its heartbeat does.
-    try {
-      if (Date.now() - statSync(file).mtimeMs < STALE_AFTER_MS) return true;
-    } catch {
-      return false; // gone
-    }
-    if (ns === null || (h.ns ?? null) !== ns) return false;
+/** Whether the file was written or touched within the last `ms` (false once it is gone). */
+function touchedWithin(file: string, ms: number): boolean {
+  try {
+    return Date.now() - statSync(file).mtimeMs < ms;
+  } catch {
+    return false;
   }
+}
+
+function alive(h: Holder, file: string): boolean {
+  // From another pid namespace (or with none to tell), its pid says nothing here; its heartbeat does.
+  const ns = pidNamespace();
+  if (ns === null || h.ns !== ns) return touchedWithin(file, STALE_AFTER_MS);
   try {
     process.kill(h.pid, 0);
   } catch (err) {
@@ -118,13 +120,7 @@ export function lockDataDir(dir: string): { release(): void } {
     if (h === "unreadable") {
       // Being written this instant by another process, or left torn by one that died while
       // writing it: a few seconds tell the two apart.
-      let age = Infinity;
-      try {
-        age = Date.now() - statSync(file).mtimeMs;
-      } catch {
-        continue;
-      }
-      if (age < 5_000) throw new DataDirInUseError(dir, null);
+      if (touchedWithin(file, 5_000)) throw new DataDirInUseError(dir, null);
     } else if (alive(h, file)) {
       throw new DataDirInUseError(dir, h.pid);
     }
