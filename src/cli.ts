@@ -6,6 +6,7 @@ import { createInterface } from "node:readline";
 import { ConfigError, loadConfig, normaliseUsername } from "./config.js";
 import { KeyringError } from "./crypto/keyring.js";
 import { users } from "./db/schema.js";
+import { exitOnFault } from "./fatal.js";
 import { createLogger, describeError } from "./log.js";
 import { createUser } from "./services/accounts.js";
 import { record } from "./services/audit.js";
@@ -56,6 +57,9 @@ async function main(argv: string[]) {
   }
   const config = loadConfig();
   const log = createLogger(config.logLevel === "info" ? "warn" : config.logLevel);
+  // A fault outside main's promise (a socket's error event, a stray rejection) would otherwise get
+  // Node's own report, which prints drizzle's failed-query parameters.
+  exitOnFault(log);
 
   if (cmd === "migrate") {
     const database = await openDatabase(config);

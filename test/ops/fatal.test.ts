@@ -76,17 +76,59 @@ describe("a fault nothing handled", () => {
   });
 });
 
+/** A module loaded with --import into a real process; `trigger` calls fault() to throw outside any handler. */
+function writeFaultPreload(dir: string, trigger: string): string {
+  const preload = join(dir, "fault.mjs");
+  writeFileSync(
+    preload,
+    `import { DrizzleQueryError } from ${JSON.stringify(pathToFileURL(join(ROOT, "node_modules/drizzle-orm/errors.js")).href)};
+     const fault = () => { throw new DrizzleQueryError("select 1", [${JSON.stringify(SECRET)}], new Error("connection lost")); };
+     ${trigger}`,
+  );
+  return preload;
+}
+
+describe("the CLI process", () => {
+  it("installs the handler: a fault while a command runs ends it with the fatal line, exit 1", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "hbff-fatal-cli-"));
+    try {
+      // Throws once a handler beyond those present at preload time is installed (the CLI's, right
+      // after its logger), or after 10 s if none ever is: then Node's own report would print the secret.
+      const preload = writeFaultPreload(
+        dir,
+        `const before = process.listenerCount("uncaughtException"), t0 = Date.now();
+         const poll = setInterval(() => {
+           if (process.listenerCount("uncaughtException") > before || Date.now() - t0 > 10_000) { clearInterval(poll); fault(); }
+         }, 5);`,
+      );
+      const child = spawn(process.execPath, ["--import", "tsx", "--import", preload, "src/cli.ts", "user", "add", "alice"], {
+        cwd: ROOT,
+        env: { PATH: process.env.PATH!, HOME: process.env.HOME ?? "/tmp", LOG_LEVEL: "warn", DATA_DIR: join(dir, "data") },
+        stdio: ["pipe", "pipe", "pipe"],
+      });
+      let stdout = "";
+      let stderr = "";
+      child.stdout!.on("data", (d) => (stdout += d));
+      child.stderr!.on("data", (d) => (stderr += d));
+      // standard input stays open: the command would wait for the password
+      const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
+      expect(code, stderr).toBe(1);
+      const lines = fatalLines(stdout.split("\n").filter((l) => l.startsWith("{")).join("\n"));
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatchObject({ fault: "uncaught_exception", err: { message: "connection lost" } });
+      expect(stdout + stderr).not.toContain(SECRET);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
+});
+
 describe("the service process", () => {
   it("installs the handler: a fault inside it ends it with the fatal line, exit 1", async () => {
     const dir = mkdtempSync(join(tmpdir(), "hbff-fatal-"));
     try {
       // Loaded into the service's own process: SIGUSR2 throws there, outside any handler of ours.
-      const preload = join(dir, "fault.mjs");
-      writeFileSync(
-        preload,
-        `import { DrizzleQueryError } from ${JSON.stringify(pathToFileURL(join(ROOT, "node_modules/drizzle-orm/errors.js")).href)};
-         process.on("SIGUSR2", () => setImmediate(() => { throw new DrizzleQueryError("select 1", [${JSON.stringify(SECRET)}], new Error("connection lost")); }));`,
-      );
+      const preload = writeFaultPreload(dir, `process.on("SIGUSR2", () => setImmediate(fault));`);
       const port = await new Promise<number>((resolve) => {
         const srv = createServer().listen(0, "127.0.0.1", () => {
           const p = (srv.address() as { port: number }).port;
