@@ -52,7 +52,7 @@ export function cpuMs(pid: number): number {
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime, stime in clock ticks (100 Hz)
 }
 
-export async function startCast(opts: { serviceEnv?: Record<string, string>; serviceArgs?: string[] } = {}): Promise<Cast> {
+export async function startCast(opts: { serviceEnv?: Record<string, string>; serviceArgs?: string[]; bareArgs?: string[] } = {}): Promise<Cast> {
   const { database, url: dbUrl, drop } = await scratchDatabase("full", 4);
   const children: Child[] = [];
   const stop = async () => {
@@ -70,7 +70,7 @@ export async function startCast(opts: { serviceEnv?: Record<string, string>; ser
     );
     children.push(sim);
     const barePort = await freePort();
-    const bare = await startChild([...tsx, "bench/bare-proxy.ts"], { PORT: String(barePort), UPSTREAM: sim.url, API_KEY: apiKeys[0]! }, `http://127.0.0.1:${barePort}`);
+    const bare = await startChild([...(opts.bareArgs ?? []), ...tsx, "bench/bare-proxy.ts"], { PORT: String(barePort), UPSTREAM: sim.url, API_KEY: apiKeys[0]! }, `http://127.0.0.1:${barePort}`);
     children.push(bare);
     const svcPort = await freePort();
     const open = "999999999/min";

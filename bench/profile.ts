@@ -8,9 +8,10 @@
 //   bench/hono-proxy.ts). mode: closed | rate; the level defaults to 32 connections or 500/s.
 //   REPS=n repeats the load; BENCH_SECONDS sets its length; BENCH_TRACE=file writes each fixed-rate
 //   request's [ms since the start, latency ms] there (where in the run the slow ones fall).
-//   PROFILE_SERVICE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the service.
+//   PROFILE_SERVICE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the service,
+//   PROFILE_BARE_ARGS to the bare proxy.
 //   PROFILE_HOOK='perf record -g -p $SVC_PID -- sleep 3' runs a command 2 s into the load
-//   ($SVC_PID, $PG_PIDS are set).
+//   ($SVC_PID, $BARE_PID, $PG_PIDS are set).
 import { execFile, execFileSync } from "node:child_process";
 import { cpuMs, json, startCast, USERS } from "./cast.js";
 import { besideLoginStorm, closedLoop, describeLogins, fixedRate } from "./load.js";
@@ -67,7 +68,8 @@ const sum = (pids: number[]) => pids.reduce((s, p) => { try { return s + cpuMs(p
 
 async function main() {
   const stopAlso: Child[] = [];
-  const cast = await startCast({ serviceArgs: (process.env.PROFILE_SERVICE_ARGS ?? "").split(" ").filter(Boolean) });
+  const nodeArgs = (v: string | undefined) => (v ?? "").split(" ").filter(Boolean);
+  const cast = await startCast({ serviceArgs: nodeArgs(process.env.PROFILE_SERVICE_ARGS), bareArgs: nodeArgs(process.env.PROFILE_BARE_ARGS) });
   try {
     if (target === "ratio" || target === "framework") {
       // X / bare proxy, alternated, so that the machine's drift hits both alike: X is the service,
@@ -123,7 +125,7 @@ async function main() {
     const hook = process.env.PROFILE_HOOK
       ? new Promise<void>((resolve) =>
           setTimeout(() => {
-            execFile("bash", ["-c", process.env.PROFILE_HOOK!], { encoding: "utf8", env: { ...process.env, SVC_PID: String(cast.svc.pid), PG_PIDS: postgresPids().join(",") } }, (err, out, errOut) => {
+            execFile("bash", ["-c", process.env.PROFILE_HOOK!], { encoding: "utf8", env: { ...process.env, SVC_PID: String(cast.svc.pid), BARE_PID: String(cast.bare.pid), PG_PIDS: postgresPids().join(",") } }, (err, out, errOut) => {
               process.stdout.write(out + errOut + (err ? `hook: ${err.message}\n` : ""));
               resolve();
             });
