@@ -6,7 +6,8 @@
 //   (`ratio closed [64]`: bare and service alternated, their ratio without the machine's drift
 //   between two runs); framework (likewise, the bare proxy against itself on Hono,
 //   bench/hono-proxy.ts). mode: closed | rate; the level defaults to 32 connections or 500/s.
-//   REPS=n repeats the load; BENCH_SECONDS sets its length; BENCH_TRACE=file writes each fixed-rate
+//   REPS=n repeats the load; BENCH_SECONDS sets its length; BENCH_LOG_LEVEL the service's LOG_LEVEL
+//   (info: an access line a request, as deployed); BENCH_TRACE=file writes each fixed-rate
 //   request's [ms since the start, latency ms] there (where in the run the slow ones fall).
 //   PROFILE_SERVICE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the service,
 //   PROFILE_BARE_ARGS to the bare proxy.
