@@ -55,7 +55,7 @@ async function main(argv: string[]) {
     process.stdout.write(USAGE);
     return;
   }
-  const config = loadConfig();
+  const config = loadConfig(process.env, { needsKeyring: cmd !== "migrate" });
   const log = createLogger(config.logLevel === "info" ? "warn" : config.logLevel);
   // A fault outside main's promise (a socket's error event, a stray rejection) would otherwise get
   // Node's own report, which prints drizzle's failed-query parameters.

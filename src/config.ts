@@ -70,7 +70,11 @@ type Env = Record<string, string | undefined>;
  * Parses the environment once. A bad value is reported as one line naming the variable and
  * what it should look like, never echoing the value (it may be a secret).
  */
-export function loadConfig(env: Env = process.env): Config {
+/**
+ * `needsKeyring: false` for a command that never seals or opens anything (`migrate`): it may run
+ * without the keyring, as a deployment's migration job should (it need not hold the secret).
+ */
+export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolean } = {}): Config {
   const problems: string[] = [];
   // The contract: a variable set to the empty string counts as unset.
   const get = (name: string): string | undefined => {
@@ -129,7 +133,7 @@ export function loadConfig(env: Env = process.env): Config {
   }
 
   const keyring = get("VAULT_KEYRING");
-  if (keyring === undefined && databaseUrl !== undefined) {
+  if (keyring === undefined && databaseUrl !== undefined && (opts.needsKeyring ?? true)) {
     bad("VAULT_KEYRING", "required when DATABASE_URL is set (entries id:base64-of-32-bytes, comma separated)");
   }
   // The keyring's own syntax is checked where it is parsed (crypto/keyring.ts), with the same

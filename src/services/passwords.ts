@@ -190,7 +190,8 @@ export function createPasswordHasher(opts: {
   async function withSlot<T>(fn: () => Promise<T>): Promise<T> {
     if (running >= concurrency) {
       if (waiting.length >= maxWaiting) {
-        throw rateLimited("login", 1, "too many logins at once; retry in a second");
+        // Logins, password changes and user creation all hash: the message says what is busy.
+        throw rateLimited("login", 1, "too many passwords being hashed at once (logins, password changes); retry in a second");
       }
       await new Promise<void>((resolve) => waiting.push(resolve));
     } else {

@@ -184,6 +184,13 @@ describe("bad values", () => {
     expect(problemsOf({})).toEqual([]);
   });
 
+  it("a command that needs no keyring (migrate) takes DATABASE_URL without one", () => {
+    const c = loadConfig({ DATABASE_URL: "postgres://db/x" }, { needsKeyring: false });
+    expect(c.databaseUrl).toBe("postgres://db/x");
+    expect(c.vaultKeyring).toBeUndefined();
+    expect(() => loadConfig({ DATABASE_URL: "postgres://db/x" }, { needsKeyring: true })).toThrow(/VAULT_KEYRING/);
+  });
+
   it("the edges of the numeric ranges are accepted", () => {
     expect(loadConfig({ PORT: "0" }).port).toBe(0);
     expect(loadConfig({ PORT: "65535" }).port).toBe(65535);

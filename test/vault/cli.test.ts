@@ -82,6 +82,19 @@ describe("the vault CLI", () => {
   );
 
   it.skipIf(!ON_POSTGRES)(
+    "migrate runs without VAULT_KEYRING (a migration job need not hold it); a command that opens the vault still requires it (skipped on PGlite: needs TEST_DATABASE_URL)",
+    async () => {
+      const env = { DATABASE_URL: url, VAULT_KEYRING: "" };
+      const migrate = await cli(["migrate"], env);
+      expect(migrate.code, migrate.stderr).toBe(0);
+      expect(migrate.stdout).toContain("migrations applied: 0\n");
+      const status = await cli(["vault", "status"], env);
+      expect(status.code).toBe(78);
+      expect(status.stderr).toContain("config: VAULT_KEYRING: required when DATABASE_URL is set");
+    },
+  );
+
+  it.skipIf(!ON_POSTGRES)(
     "vault status / vault rotate print the counts and re-seal everything (skipped on PGlite: needs TEST_DATABASE_URL, since the CLI subprocess cannot open this process's in-memory PGlite)",
     async () => {
       const counts = "4 sealed item(s) (haltman_keys: 2, signing_keys: 1, vault_secrets: 1)";
