@@ -65,7 +65,10 @@ describe("hashing in a low-priority child process", () => {
   it("a hash under way when the process dies fails as unavailable; the next one starts a new process", async () => {
     await hasher.hash("warm");
     const first = hasher.processId?.()!;
-    const slow = createPasswordHasher({ params: { memoryCost: 65_536, timeCost: 8, parallelism: 1 }, isolated: true });
+    // Slow enough to be under way at the kill. Its hashes run at nice 19 and get only idle time: a
+    // busy machine (the rest of the suite beside it) once held the one after the kill past the
+    // default 15 s timeout, so this hasher waits longer; the timeout has its own test below.
+    const slow = createPasswordHasher({ params: { memoryCost: 65_536, timeCost: 8, parallelism: 1 }, isolated: true, timeoutMs: 120_000 });
     try {
       const inFlight = slow.hash("slow one");
       await new Promise((r) => setTimeout(r, 50));
@@ -77,7 +80,7 @@ describe("hashing in a low-priority child process", () => {
       await slow.close?.();
     }
     expect(hasher.processId?.()).toBe(first); // the other hasher's process is its own
-  });
+  }, 180_000);
 
   it("a hash that takes longer than the timeout fails as unavailable, and the next one still works", async () => {
     const h = createPasswordHasher({ params: { memoryCost: 65_536, timeCost: 20, parallelism: 1 }, isolated: true, timeoutMs: 30 });
