@@ -69,8 +69,7 @@ type Env = Record<string, string | undefined>;
 /**
  * Parses the environment once. A bad value is reported as one line naming the variable and
  * what it should look like, never echoing the value (it may be a secret).
- */
-/**
+ *
  * `needsKeyring: false` for a command that never seals or opens anything (`migrate`): it may run
  * without the keyring, as a deployment's migration job should (it need not hold the secret).
  */

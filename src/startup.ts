@@ -32,10 +32,13 @@ export async function openDatabase(config: Config): Promise<Database> {
 
 /**
  * VAULT_KEYRING, or in embedded mode a keyring generated once into DATA_DIR/vault-keyring
- * (mode 0600). With DATABASE_URL, config.ts already refused a missing keyring.
+ * (mode 0600). With DATABASE_URL, config.ts refuses a missing keyring unless the command needs
+ * none (`migrate`); should such a configuration reach here, it is refused too, never given a
+ * development keyring for a real database.
  */
 export function loadKeyring(config: Config, log: Logger): Keyring {
   if (config.vaultKeyring) return Keyring.parse(config.vaultKeyring);
+  if (config.databaseUrl) throw new StartupError("VAULT_KEYRING is required when DATABASE_URL is set");
   const dir = resolve(config.dataDir);
   const file = join(dir, "vault-keyring");
   if (!existsSync(file)) {

@@ -191,7 +191,7 @@ export function createPasswordHasher(opts: {
     if (running >= concurrency) {
       if (waiting.length >= maxWaiting) {
         // Logins, password changes and user creation all hash: the message says what is busy.
-        throw rateLimited("login", 1, "too many passwords being hashed at once (logins, password changes); retry in a second");
+        throw rateLimited("login", 1, "too many passwords being hashed at once (logins, password changes, new users); retry in a second");
       }
       await new Promise<void>((resolve) => waiting.push(resolve));
     } else {

@@ -89,16 +89,17 @@ function writeFaultPreload(dir: string, trigger: string): string {
 }
 
 describe("the CLI process", () => {
-  it("installs the handler: a fault while a command runs ends it with the fatal line, exit 1", async () => {
+  it("installs the handler: a fault during a command ends it with the fatal line, exit 1", async () => {
     const dir = mkdtempSync(join(tmpdir(), "hbff-fatal-cli-"));
     try {
       // Throws once a handler beyond those present at preload time is installed (the CLI's, right
-      // after its logger), or after 10 s if none ever is: then Node's own report would print the secret.
+      // after its logger; the command is then opening its database), or after 40 s if none ever
+      // is: then Node's own report would print the secret.
       const preload = writeFaultPreload(
         dir,
         `const before = process.listenerCount("uncaughtException"), t0 = Date.now();
          const poll = setInterval(() => {
-           if (process.listenerCount("uncaughtException") > before || Date.now() - t0 > 10_000) { clearInterval(poll); fault(); }
+           if (process.listenerCount("uncaughtException") > before || Date.now() - t0 > 40_000) { clearInterval(poll); fault(); }
          }, 5);`,
       );
       const child = spawn(process.execPath, ["--import", "tsx", "--import", preload, "src/cli.ts", "user", "add", "alice"], {
@@ -110,7 +111,6 @@ describe("the CLI process", () => {
       let stderr = "";
       child.stdout!.on("data", (d) => (stdout += d));
       child.stderr!.on("data", (d) => (stderr += d));
-      // standard input stays open: the command would wait for the password
       const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
       expect(code, stderr).toBe(1);
       const lines = fatalLines(stdout.split("\n").filter((l) => l.startsWith("{")).join("\n"));

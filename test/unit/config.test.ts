@@ -2,6 +2,8 @@
 // echoing the value), and the rate-policy and duration parsers.
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig, parseDuration, parseRatePolicy, type Config } from "../../src/config.js";
+import { createLogger } from "../../src/log.js";
+import { StartupError, loadKeyring } from "../../src/startup.js";
 
 function problemsOf(env: Record<string, string>): string[] {
   try {
@@ -189,6 +191,8 @@ describe("bad values", () => {
     expect(c.databaseUrl).toBe("postgres://db/x");
     expect(c.vaultKeyring).toBeUndefined();
     expect(() => loadConfig({ DATABASE_URL: "postgres://db/x" }, { needsKeyring: true })).toThrow(/VAULT_KEYRING/);
+    // such a configuration never gets a development keyring for a real database
+    expect(() => loadKeyring(c, createLogger("silent"))).toThrow(StartupError);
   });
 
   it("the edges of the numeric ranges are accepted", () => {
