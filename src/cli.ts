@@ -55,6 +55,10 @@ async function main(argv: string[]) {
     process.stdout.write(USAGE);
     return;
   }
+  // An unknown command is answered with the usage before the configuration is read: a typo is
+  // told as a typo, not as the configuration it would have needed.
+  const known = cmd === "migrate" || (cmd === "user" && (sub === "add" || sub === "passwd")) || (cmd === "vault" && (sub === "status" || sub === "rotate"));
+  if (!known) fail(USAGE);
   const config = loadConfig(process.env, { needsKeyring: cmd !== "migrate" });
   const log = createLogger(config.logLevel === "info" ? "warn" : config.logLevel);
   // A fault outside main's promise (a socket's error event, a stray rejection) would otherwise get

@@ -133,6 +133,14 @@ describe("the service process", () => {
     }, 30_000);
   });
 
+  it("the CLI answers an unknown command with its usage (exit 2) before reading the configuration", async () => {
+    // DATABASE_URL without VAULT_KEYRING would be a configuration error (exit 78) for a real command
+    const r = await cli(["migrat"], { DATABASE_URL: "postgres://127.0.0.1:9/x", LOG_LEVEL: "warn" }, "");
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("usage: npm run cli -- <command>");
+    expect(r.stderr).not.toContain("config:");
+  }, 30_000);
+
   it("the CLI adds a user and resets a password (read from standard input, never trimmed); the service then logs them in", async () => {
     const dataDir = mkdtempSync(join(tmpdir(), "hbff-cli-"));
     try {
