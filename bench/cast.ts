@@ -88,7 +88,7 @@ export async function startCast(opts: { serviceEnv?: Record<string, string>; ser
         RATE_LIMIT_DOMAIN_ENABLE: open,
         RATE_LIMIT_KEY: open,
         RATE_LIMIT_GLOBAL: open,
-        LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? "info",
+        LOG_LEVEL: "info",
         TRUST_PROXY: "1",
         // as `npm start` and the Dockerfile run it (see the Dockerfile for why)
         MALLOC_ARENA_MAX: "2",

@@ -49,6 +49,11 @@ function fail(message: string): never {
   process.exit(2);
 }
 
+/** The commands, as typed after `npm run cli --`: the one list the usage check and the dispatch share. */
+const COMMANDS = ["migrate", "user add", "user passwd", "vault status", "vault rotate"] as const;
+type Command = (typeof COMMANDS)[number];
+const isCommand = (s: string): s is Command => (COMMANDS as readonly string[]).includes(s);
+
 async function main(argv: string[]) {
   const [cmd, sub, ...rest] = argv;
   if (!cmd || cmd === "help" || cmd === "--help") {
@@ -57,15 +62,15 @@ async function main(argv: string[]) {
   }
   // An unknown command is answered with the usage before the configuration is read: a typo is
   // told as a typo, not as the configuration it would have needed.
-  const known = cmd === "migrate" || (cmd === "user" && (sub === "add" || sub === "passwd")) || (cmd === "vault" && (sub === "status" || sub === "rotate"));
-  if (!known) fail(USAGE);
-  const config = loadConfig(process.env, { needsKeyring: cmd !== "migrate" });
+  const command = cmd === "migrate" ? cmd : `${cmd} ${sub ?? ""}`;
+  if (!isCommand(command)) fail(USAGE);
+  const config = loadConfig(process.env, { needsKeyring: command !== "migrate" });
   const log = createLogger(config.logLevel === "info" ? "warn" : config.logLevel);
   // A fault outside main's promise (a socket's error event, a stray rejection) would otherwise get
   // Node's own report, which prints drizzle's failed-query parameters.
   exitOnFault(log);
 
-  if (cmd === "migrate") {
+  if (command === "migrate") {
     const database = await openDatabase(config);
     try {
       const { applied } = await migrate(database.db);
@@ -77,74 +82,77 @@ async function main(argv: string[]) {
   }
 
   // `vault` commands must run with a keyring that lacks an entry: that is what they report and repair.
-  const { database } = await prepareDatabase(config, log, { checkKeyring: cmd !== "vault" });
+  const { database } = await prepareDatabase(config, log, { checkKeyring: !command.startsWith("vault ") });
   try {
     const db = database.db;
-    if (cmd === "user" && sub === "add") {
-      const username = normaliseUsername(rest[0] ?? "");
-      if (username === undefined) fail("user add: the username must be 3 to 64 of a-z 0-9 . _ -");
-      const roleAt = rest.indexOf("--role");
-      const role = roleAt >= 0 ? rest[roleAt + 1] : "member";
-      if (role !== "admin" && role !== "member") fail("user add: --role is admin or member");
-      const password = await readPassword(`password for ${username}: `);
-      const n = passwordLength(password);
-      if (n < PASSWORD_MIN || n > PASSWORD_MAX) fail(`user add: the password must be ${PASSWORD_MIN} to ${PASSWORD_MAX} characters`);
-      const u = await createUser({ db, passwords: createPasswordHasher() }, null, meta, { username, password, role });
-      process.stdout.write(`created ${u.role} ${u.username} (${u.id})\n`);
-      return;
-    }
-    if (cmd === "user" && sub === "passwd") {
-      const username = (rest[0] ?? "").toLowerCase();
-      const [u] = await db.select().from(users).where(eq(users.username, username)).limit(1);
-      if (!u) fail(`user passwd: no user named "${username}"`);
-      const password = await readPassword(`new password for ${username}: `);
-      const n = passwordLength(password);
-      if (n < PASSWORD_MIN || n > PASSWORD_MAX) fail(`user passwd: the password must be ${PASSWORD_MIN} to ${PASSWORD_MAX} characters`);
-      const hash = await createPasswordHasher().hash(password);
-      const revoked = await db.transaction(async (tx) => {
-        await tx.update(users).set({ passwordHash: hash, updatedAt: new Date() }).where(eq(users.id, u.id));
-        const r = await revokeSessions(tx, { userId: u.id }, "password_reset");
-        await record(tx, {
-          action: "user.update",
-          outcome: "success",
-          actor: null,
-          meta,
-          subjectId: u.id,
-          detail: { username: u.username, changes: { password: "reset" }, via: "cli", sessions_revoked: r },
+    switch (command) {
+      case "user add": {
+        const username = normaliseUsername(rest[0] ?? "");
+        if (username === undefined) fail("user add: the username must be 3 to 64 of a-z 0-9 . _ -");
+        const roleAt = rest.indexOf("--role");
+        const role = roleAt >= 0 ? rest[roleAt + 1] : "member";
+        if (role !== "admin" && role !== "member") fail("user add: --role is admin or member");
+        const password = await readPassword(`password for ${username}: `);
+        const n = passwordLength(password);
+        if (n < PASSWORD_MIN || n > PASSWORD_MAX) fail(`user add: the password must be ${PASSWORD_MIN} to ${PASSWORD_MAX} characters`);
+        const u = await createUser({ db, passwords: createPasswordHasher() }, null, meta, { username, password, role });
+        process.stdout.write(`created ${u.role} ${u.username} (${u.id})\n`);
+        return;
+      }
+      case "user passwd": {
+        const username = (rest[0] ?? "").toLowerCase();
+        const [u] = await db.select().from(users).where(eq(users.username, username)).limit(1);
+        if (!u) fail(`user passwd: no user named "${username}"`);
+        const password = await readPassword(`new password for ${username}: `);
+        const n = passwordLength(password);
+        if (n < PASSWORD_MIN || n > PASSWORD_MAX) fail(`user passwd: the password must be ${PASSWORD_MIN} to ${PASSWORD_MAX} characters`);
+        const hash = await createPasswordHasher().hash(password);
+        const revoked = await db.transaction(async (tx) => {
+          await tx.update(users).set({ passwordHash: hash, updatedAt: new Date() }).where(eq(users.id, u.id));
+          const r = await revokeSessions(tx, { userId: u.id }, "password_reset");
+          await record(tx, {
+            action: "user.update",
+            outcome: "success",
+            actor: null,
+            meta,
+            subjectId: u.id,
+            detail: { username: u.username, changes: { password: "reset" }, via: "cli", sessions_revoked: r },
+          });
+          return r;
         });
-        return r;
-      });
-      process.stdout.write(`password of ${u.username} set; ${revoked} session(s) ended\n`);
-      return;
-    }
-    if (cmd === "vault" && sub === "status") {
-      const usage = await keyringUsage(db);
-      const keyring = loadKeyring(config, log);
-      process.stdout.write(`active entry: ${keyring.activeId}\n`);
-      const ids = [...new Set([...keyring.ids(), ...usage.map((u) => u.keyringId)])];
-      for (const id of ids) {
-        const mine = usage.filter((u) => u.keyringId === id);
-        const total = mine.reduce((s, u) => s + u.count, 0);
-        const where = mine.map((u) => `${u.table}: ${u.count}`).join(", ");
-        const state = keyring.has(id) ? (id === keyring.activeId ? "active" : "configured") : "MISSING from VAULT_KEYRING";
-        process.stdout.write(`  ${id} (${state}): ${total} sealed item(s)${where ? ` (${where})` : ""}\n`);
+        process.stdout.write(`password of ${u.username} set; ${revoked} session(s) ended\n`);
+        return;
       }
-      return;
-    }
-    if (cmd === "vault" && sub === "rotate") {
-      const keyring = loadKeyring(config, log);
-      const report = await rotateKeyring(db, keyring, {
-        onBatch: (table, n) => void process.stdout.write(`  ${table}: re-sealed ${n}\n`),
-      });
-      const parts = Object.entries(report.byTable).map(([t, n]) => `${t}: ${n}`).join(", ");
-      process.stdout.write(`re-sealed ${report.resealed} item(s) under "${keyring.activeId}"${parts ? ` (${parts})` : ""}\n`);
-      if (report.skipped > 0) {
-        process.stderr.write(`${report.skipped} item(s) could not be opened and were left as they are; see \`vault status\`\n`);
-        process.exit(1);
+      case "vault status": {
+        const usage = await keyringUsage(db);
+        const keyring = loadKeyring(config, log);
+        process.stdout.write(`active entry: ${keyring.activeId}\n`);
+        const ids = [...new Set([...keyring.ids(), ...usage.map((u) => u.keyringId)])];
+        for (const id of ids) {
+          const mine = usage.filter((u) => u.keyringId === id);
+          const total = mine.reduce((s, u) => s + u.count, 0);
+          const where = mine.map((u) => `${u.table}: ${u.count}`).join(", ");
+          const state = keyring.has(id) ? (id === keyring.activeId ? "active" : "configured") : "MISSING from VAULT_KEYRING";
+          process.stdout.write(`  ${id} (${state}): ${total} sealed item(s)${where ? ` (${where})` : ""}\n`);
+        }
+        return;
       }
-      return;
+      case "vault rotate": {
+        const keyring = loadKeyring(config, log);
+        const report = await rotateKeyring(db, keyring, {
+          onBatch: (table, n) => void process.stdout.write(`  ${table}: re-sealed ${n}\n`),
+        });
+        const parts = Object.entries(report.byTable).map(([t, n]) => `${t}: ${n}`).join(", ");
+        process.stdout.write(`re-sealed ${report.resealed} item(s) under "${keyring.activeId}"${parts ? ` (${parts})` : ""}\n`);
+        if (report.skipped > 0) {
+          process.stderr.write(`${report.skipped} item(s) could not be opened and were left as they are; see \`vault status\`\n`);
+          process.exit(1);
+        }
+        return;
+      }
+      default:
+        command satisfies never; // a command listed in COMMANDS and not handled here fails to compile
     }
-    fail(USAGE);
   } finally {
     await database.close();
   }
