@@ -23,6 +23,8 @@ export type Cast = {
   users: { id: string; username: string; password: string; token: string }[];
   keyIds: string[];
   apiKeys: string[];
+  /** another process of the service on the same database and keyring (another instance) */
+  startAnotherService(): Promise<Child>;
   /** the same 4,096 creates, addressed to each target */
   serviceReqs: Req[];
   bareReqs: Req[];
@@ -72,33 +74,32 @@ export async function startCast(opts: { serviceEnv?: Record<string, string>; ser
     const barePort = await freePort();
     const bare = await startChild([...(opts.bareArgs ?? []), ...tsx, "bench/bare-proxy.ts"], { PORT: String(barePort), UPSTREAM: sim.url, API_KEY: apiKeys[0]! }, `http://127.0.0.1:${barePort}`);
     children.push(bare);
-    const svcPort = await freePort();
     const open = "999999999/min";
-    const svc = await startChild(
-      [...(opts.serviceArgs ?? []), "dist/index.js"],
-      {
-        DATABASE_URL: dbUrl,
-        VAULT_KEYRING: Keyring.generateEntry("bench"),
-        HOST: "127.0.0.1",
-        PORT: String(svcPort),
-        HALTMAN_BASE_URL: sim.url,
-        BOOTSTRAP_ADMIN_USERNAME: "admin",
-        BOOTSTRAP_ADMIN_PASSWORD: "bench-admin-password",
-        RATE_LIMIT_HANDLE_CREATE: open,
-        RATE_LIMIT_DOMAIN_ENABLE: open,
-        RATE_LIMIT_KEY: open,
-        RATE_LIMIT_GLOBAL: open,
-        LOG_LEVEL: "info",
-        TRUST_PROXY: "1",
-        // as `npm start` and the Dockerfile run it (see the Dockerfile for why)
-        MALLOC_ARENA_MAX: "2",
-        MALLOC_MMAP_THRESHOLD_: "131072",
-        ...opts.serviceEnv,
-      },
-      `http://127.0.0.1:${svcPort}`,
-      "/readyz",
-    );
-    children.push(svc);
+    const serviceEnv = {
+      DATABASE_URL: dbUrl,
+      VAULT_KEYRING: Keyring.generateEntry("bench"),
+      HOST: "127.0.0.1",
+      HALTMAN_BASE_URL: sim.url,
+      BOOTSTRAP_ADMIN_USERNAME: "admin",
+      BOOTSTRAP_ADMIN_PASSWORD: "bench-admin-password",
+      RATE_LIMIT_HANDLE_CREATE: open,
+      RATE_LIMIT_DOMAIN_ENABLE: open,
+      RATE_LIMIT_KEY: open,
+      RATE_LIMIT_GLOBAL: open,
+      LOG_LEVEL: "info",
+      TRUST_PROXY: "1",
+      // as `npm start` and the Dockerfile run it (see the Dockerfile for why)
+      MALLOC_ARENA_MAX: "2",
+      MALLOC_MMAP_THRESHOLD_: "131072",
+      ...opts.serviceEnv,
+    };
+    const startService = async () => {
+      const port = await freePort();
+      const child = await startChild([...(opts.serviceArgs ?? []), "dist/index.js"], { ...serviceEnv, PORT: String(port) }, `http://127.0.0.1:${port}`, "/readyz");
+      children.push(child);
+      return child;
+    };
+    const svc = await startService();
 
     // Users and keys: each user may use exactly one key.
     const adminToken = (await json(svc.url, "/v1/auth/login", { method: "POST", body: { username: "admin", password: "bench-admin-password" } })).access_token as string;
@@ -122,7 +123,7 @@ export async function startCast(opts: { serviceEnv?: Record<string, string>; ser
     }));
     const bareReqs: Req[] = serviceReqs.map((r, n) => ({ ...r, headers: { "content-type": "application/json" }, body: body(n) }));
     const directReqs: Req[] = serviceReqs.map((r, n) => ({ ...r, headers: { "content-type": "application/json", "x-api-key": apiKeys[n % KEYS]! }, body: body(n) }));
-    return { database, sim, bare, svc, adminToken, users, keyIds, apiKeys, serviceReqs, bareReqs, directReqs, stop };
+    return { database, sim, bare, svc, adminToken, users, keyIds, apiKeys, startAnotherService: startService, serviceReqs, bareReqs, directReqs, stop };
   } catch (err) {
     await stop();
     throw err;

@@ -70,14 +70,21 @@ function summarise(latencies: number[], codes: Record<string, number>, seconds: 
   return { rps: total / seconds, p50: percentile(sorted, 50), p99: percentile(sorted, 99), codes, total, errors, seconds };
 }
 
-/** `connections` connections, each sending back to back, for `seconds`. */
-export async function closedLoop(url: string, requests: Req[], opts: { connections: number; seconds: number }): Promise<Load> {
+/**
+ * `connections` connections, each sending back to back, for `seconds`. Given several URLs (instances
+ * of one service), the connections are shared out among them, as a layer-4 balancer would.
+ */
+export async function closedLoop(url: string | string[], requests: Req[], opts: { connections: number; seconds: number }): Promise<Load> {
+  const urls = typeof url === "string" ? [url] : url;
   const latencies: number[] = [];
   const codes: Record<string, number> = {};
   const t0 = performance.now();
-  const run = start(url, requests, { url, connections: opts.connections, duration: opts.seconds } as autocannon.Options, latencies, codes);
-  const result = await run.done;
-  return summarise(latencies, codes, (performance.now() - t0) / 1000, result.errors + result.timeouts);
+  const runs = urls.map((u, i) => {
+    const connections = Math.floor(opts.connections / urls.length) + (i < opts.connections % urls.length ? 1 : 0);
+    return start(u, requests, { url: u, connections, duration: opts.seconds } as autocannon.Options, latencies, codes);
+  });
+  const results = await Promise.all(runs.map((r) => r.done));
+  return summarise(latencies, codes, (performance.now() - t0) / 1000, results.reduce((n, r) => n + r.errors + r.timeouts, 0));
 }
 
 /**

@@ -6,7 +6,8 @@
 //   (`ratio closed [64]`: bare and service alternated, their ratio without the machine's drift
 //   between two runs); framework (likewise, the bare proxy against itself on Hono,
 //   bench/hono-proxy.ts). mode: closed | rate; the level defaults to 32 connections or 500/s.
-//   REPS=n repeats the load; BENCH_SECONDS sets its length; BENCH_LOG_LEVEL the service's LOG_LEVEL
+//   SERVICE_INSTANCES=n (ratio) runs n processes of the service on the one database, the
+//   connections shared out among them. REPS=n repeats the load; BENCH_SECONDS sets its length; BENCH_LOG_LEVEL the service's LOG_LEVEL
 //   (info: an access line a request, as deployed); BENCH_TRACE=file writes each fixed-rate
 //   request's [ms since the start, latency ms] there (where in the run the slow ones fall).
 //   PROFILE_SERVICE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the service,
@@ -81,22 +82,38 @@ async function main() {
       // X / bare proxy, alternated, so that the machine's drift hits both alike: X is the service,
       // or (framework) the bare proxy itself on Hono and @hono/node-server
       const c = Number(level);
-      let other = { name: "service", url: cast.svc.url, reqs: cast.serviceReqs };
+      // SERVICE_INSTANCES=n: n processes of the service on the one database, the connections
+      // shared out among them (what more instances on the same cores buy)
+      const instances = [cast.svc];
+      for (let n = 1; n < Number(process.env.SERVICE_INSTANCES ?? 1); n++) instances.push(await cast.startAnotherService());
+      let other: { name: string; url: string | string[]; reqs: typeof cast.serviceReqs; pids: number[] } = {
+        name: instances.length > 1 ? `service x${instances.length}` : "service",
+        url: instances.map((i) => i.url),
+        reqs: cast.serviceReqs,
+        pids: instances.map((i) => i.pid),
+      };
       if (target === "framework") {
         const port = await freePort();
         const hono = await startChild(["--import", "tsx", "bench/hono-proxy.ts"], { PORT: String(port), UPSTREAM: cast.sim.url, API_KEY: cast.apiKeys[0]! }, `http://127.0.0.1:${port}`);
         stopAlso.push(hono);
-        other = { name: "bare on hono", url: hono.url, reqs: cast.bareReqs };
+        other = { name: "bare on hono", url: hono.url, reqs: cast.bareReqs, pids: [hono.pid] };
       }
       await closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: 2 });
       await closedLoop(other.url, other.reqs, { connections: c, seconds: 3 });
       const ratios: number[] = [];
       for (let rep = 0; rep < Number(process.env.REPS ?? 3); rep++) {
         const b = await closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: SECONDS });
+        const cpuBefore = sum(other.pids);
+        const pgBefore = sum(postgresPids());
         const v = await closedLoop(other.url, other.reqs, { connections: c, seconds: SECONDS });
+        const perCall = (ms: number) => ((ms * 1000) / v.total).toFixed(0);
         ratios.push(v.rps / b.rps);
-        process.stdout.write(`c=${c}: bare ${b.rps.toFixed(0)}, ${other.name} ${v.rps.toFixed(0)} req/s, ratio ${(v.rps / b.rps).toFixed(3)}\n`);
+        process.stdout.write(
+          `c=${c}: bare ${b.rps.toFixed(0)}, ${other.name} ${v.rps.toFixed(0)} req/s, ratio ${(v.rps / b.rps).toFixed(3)}; ` +
+            `a call: ${other.name} ${perCall(sum(other.pids) - cpuBefore)} µs, postgres ${perCall(sum(postgresPids()) - pgBefore)} µs of CPU\n`,
+        );
       }
+      if (target === "ratio") process.stdout.write(`peak RSS: ${instances.map((i) => `${i.peakRssMb().toFixed(0)} MB`).join(" + ")}\n`);
       process.stdout.write(`median ratio ${[...ratios].sort((x, y) => x - y)[Math.floor(ratios.length / 2)]!.toFixed(3)}\n`);
       return;
     }
