@@ -7,9 +7,10 @@
 //   between two runs); framework (likewise, the bare proxy against itself on Hono,
 //   bench/hono-proxy.ts). mode: closed | rate; the level defaults to 32 connections or 500/s.
 //   SERVICE_INSTANCES=n (ratio) runs n processes of the service on the one database, the
-//   connections shared out among them. REPS=n repeats the load; BENCH_SECONDS sets its length; BENCH_LOG_LEVEL the service's LOG_LEVEL
-//   (info: an access line a request, as deployed); BENCH_TRACE=file writes each fixed-rate
-//   request's [ms since the start, latency ms] there (where in the run the slow ones fall).
+//   connections shared out among them. REPS=n repeats the load; BENCH_SECONDS sets its length;
+//   BENCH_LOG_LEVEL the service's LOG_LEVEL (info: an access line a request, as deployed);
+//   BENCH_TRACE=file writes each fixed-rate request's [ms since the start, latency ms] there
+//   (where in the run the slow ones fall).
 //   PROFILE_SERVICE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the service,
 //   PROFILE_BARE_ARGS to the bare proxy.
 //   PROFILE_HOOK='perf record -g -p $SVC_PID -- sleep 3' runs a command 2 s into the load
@@ -85,7 +86,8 @@ async function main() {
       // SERVICE_INSTANCES=n: n processes of the service on the one database, the connections
       // shared out among them (what more instances on the same cores buy)
       const instances = [cast.svc];
-      for (let n = 1; n < Number(process.env.SERVICE_INSTANCES ?? 1); n++) instances.push(await cast.startAnotherService());
+      const wanted = target === "ratio" ? Number(process.env.SERVICE_INSTANCES ?? 1) : 1;
+      for (let n = 1; n < wanted; n++) instances.push(await cast.startAnotherService());
       let other: { name: string; url: string | string[]; reqs: typeof cast.serviceReqs; pids: number[] } = {
         name: instances.length > 1 ? `service x${instances.length}` : "service",
         url: instances.map((i) => i.url),
