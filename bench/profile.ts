@@ -3,8 +3,8 @@
 // see where the time goes. A development tool; `npm run bench` is the benchmark of record.
 //   target: direct | bare | service; flood (one user over their limit: the cost of a refusal);
 //   storm (`storm rate [500]`: proxied calls at that rate alone, then beside a login storm); ratio
-//   (`ratio closed [64]`: bare and service alternated, their ratio without the machine's drift
-//   between two runs); framework (likewise, the bare proxy against itself on Hono,
+//   (`ratio closed [64]`: bare and service alternated, taking turns at going first, their ratio
+//   without the machine's drift between two runs); framework (likewise, the bare proxy against itself on Hono,
 //   bench/hono-proxy.ts). mode: closed | rate; the level defaults to 32 connections or 500/s.
 //   SERVICE_INSTANCES=n (ratio) runs n processes of the service on the one database, the
 //   connections shared out among them. REPS=n repeats the load; BENCH_SECONDS sets its length;
@@ -104,15 +104,25 @@ async function main() {
       await closedLoop(other.url, other.reqs, { connections: c, seconds: 3 });
       const ratios: number[] = [];
       for (let rep = 0; rep < Number(process.env.REPS ?? 3); rep++) {
-        const b = await closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: SECONDS });
-        const cpuBefore = sum(other.pids);
-        const pgBefore = sum(postgresPids());
-        const v = await closedLoop(other.url, other.reqs, { connections: c, seconds: SECONDS });
+        // Which load goes first alternates from pair to pair: on this VM the first (or, in another
+        // phase, the second) run of a pair was measured faster, whichever load it was.
+        const bareFirst = rep % 2 === 0;
+        const bare = () => closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: SECONDS });
+        const measured = async () => {
+          const cpuBefore = sum(other.pids);
+          const pgBefore = sum(postgresPids());
+          const load = await closedLoop(other.url, other.reqs, { connections: c, seconds: SECONDS });
+          return { load, cpuMs: sum(other.pids) - cpuBefore, pgMs: sum(postgresPids()) - pgBefore };
+        };
+        const bareBefore = bareFirst ? await bare() : undefined;
+        const m = await measured();
+        const b = bareBefore ?? (await bare());
+        const v = m.load;
         const perCall = (ms: number) => ((ms * 1000) / v.total).toFixed(0);
         ratios.push(v.rps / b.rps);
         process.stdout.write(
-          `c=${c}: bare ${b.rps.toFixed(0)}, ${other.name} ${v.rps.toFixed(0)} req/s, ratio ${(v.rps / b.rps).toFixed(3)}; ` +
-            `a call: ${other.name} ${perCall(sum(other.pids) - cpuBefore)} µs, postgres ${perCall(sum(postgresPids()) - pgBefore)} µs of CPU\n`,
+          `c=${c}${bareFirst ? "" : `, ${other.name} first`}: bare ${b.rps.toFixed(0)}, ${other.name} ${v.rps.toFixed(0)} req/s, ratio ${(v.rps / b.rps).toFixed(3)}; ` +
+            `a call: ${other.name} ${perCall(m.cpuMs)} µs, postgres ${perCall(m.pgMs)} µs of CPU\n`,
         );
       }
       if (target === "ratio") process.stdout.write(`peak RSS: ${instances.map((i) => `${i.peakRssMb().toFixed(0)} MB`).join(" + ")}\n`);
