@@ -79,10 +79,10 @@ export async function closedLoop(url: string | string[], requests: Req[], opts: 
   const latencies: number[] = [];
   const codes: Record<string, number> = {};
   const t0 = performance.now();
-  const runs = urls.map((u, i) => {
-    const connections = Math.floor(opts.connections / urls.length) + (i < opts.connections % urls.length ? 1 : 0);
-    return start(u, requests, { url: u, connections, duration: opts.seconds } as autocannon.Options, latencies, codes);
-  });
+  const runs = urls
+    .map((u, i) => ({ u, connections: Math.floor(opts.connections / urls.length) + (i < opts.connections % urls.length ? 1 : 0) }))
+    .filter((r) => r.connections > 0) // more URLs than connections: the rest get none
+    .map((r) => start(r.u, requests, { url: r.u, connections: r.connections, duration: opts.seconds } as autocannon.Options, latencies, codes));
   const results = await Promise.all(runs.map((r) => r.done));
   return summarise(latencies, codes, (performance.now() - t0) / 1000, results.reduce((n, r) => n + r.errors + r.timeouts, 0));
 }
