@@ -4,8 +4,8 @@
 //   target: direct | bare | service; flood (one user over their limit: the cost of a refusal);
 //   storm (`storm rate [500]`: proxied calls at that rate alone, then beside a login storm); ratio
 //   (`ratio closed [64]`: bare and service alternated, taking turns at going first, their ratio
-//   without the machine's drift between two runs); framework (likewise, the bare proxy against itself on Hono,
-//   bench/hono-proxy.ts). mode: closed | rate; the level defaults to 32 connections or 500/s.
+//   without the machine's drift between two runs); framework (likewise, the bare proxy against
+//   itself on Hono, bench/hono-proxy.ts). mode: closed | rate; the level defaults to 32 connections or 500/s.
 //   SERVICE_INSTANCES=n (ratio) runs n processes of the service on the one database, the
 //   connections shared out among them. REPS=n repeats the load; BENCH_SECONDS sets its length;
 //   BENCH_LOG_LEVEL the service's LOG_LEVEL (info: an access line a request, as deployed);
@@ -103,17 +103,18 @@ async function main() {
       await closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: 2 });
       await closedLoop(other.url, other.reqs, { connections: c, seconds: 3 });
       const ratios: number[] = [];
+      const bare = () => closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: SECONDS });
+      // X's load, with the CPU its processes and PostgreSQL spent on it
+      const measured = async () => {
+        const cpuBefore = sum(other.pids);
+        const pgBefore = sum(postgresPids());
+        const load = await closedLoop(other.url, other.reqs, { connections: c, seconds: SECONDS });
+        return { load, cpuMs: sum(other.pids) - cpuBefore, pgMs: sum(postgresPids()) - pgBefore };
+      };
       for (let rep = 0; rep < Number(process.env.REPS ?? 3); rep++) {
         // Which load goes first alternates from pair to pair: on this VM the first (or, in another
         // phase, the second) run of a pair was measured faster, whichever load it was.
         const bareFirst = rep % 2 === 0;
-        const bare = () => closedLoop(cast.bare.url, cast.bareReqs, { connections: c, seconds: SECONDS });
-        const measured = async () => {
-          const cpuBefore = sum(other.pids);
-          const pgBefore = sum(postgresPids());
-          const load = await closedLoop(other.url, other.reqs, { connections: c, seconds: SECONDS });
-          return { load, cpuMs: sum(other.pids) - cpuBefore, pgMs: sum(postgresPids()) - pgBefore };
-        };
         const bareBefore = bareFirst ? await bare() : undefined;
         const m = await measured();
         const b = bareBefore ?? (await bare());
