@@ -30,5 +30,7 @@ EXPOSE 3000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||3000)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 # node directly (not npm start): SIGTERM reaches the process, which drains and closes cleanly.
-# Migrations run at start (and with `node dist/cli.js migrate`).
-CMD ["node", "dist/index.js"]
+# Migrations run at start (and with `node dist/cli.js migrate`). --max-semi-space-size=16 keeps
+# the young generation Node 20 had: Node 24 grows it to 128 MB, and under the benchmark's load its
+# peak RSS was 309-346 MB without the flag, 168-209 MB with it, for the same throughput.
+CMD ["node", "--max-semi-space-size=16", "dist/index.js"]

@@ -11,6 +11,8 @@ import { freePort, startChild, type Child } from "./processes.js";
 export const USERS = 64;
 export const KEYS = 16;
 const tsx = ["--import", "tsx"];
+/** node's flags for the service, as the Dockerfile's CMD and `npm start` give them (test/ops/dockerfile.test.ts keeps the three alike) */
+export const SERVICE_NODE_FLAGS = ["--max-semi-space-size=16"];
 
 export type Req = { method: string; path: string; headers: Record<string, string>; body: string };
 
@@ -95,7 +97,7 @@ export async function startCast(opts: { serviceEnv?: Record<string, string>; ser
     };
     const startService = async () => {
       const port = await freePort();
-      const child = await startChild([...(opts.serviceArgs ?? []), "dist/index.js"], { ...serviceEnv, PORT: String(port) }, `http://127.0.0.1:${port}`, "/readyz");
+      const child = await startChild([...SERVICE_NODE_FLAGS, ...(opts.serviceArgs ?? []), "dist/index.js"], { ...serviceEnv, PORT: String(port) }, `http://127.0.0.1:${port}`, "/readyz");
       children.push(child);
       return child;
     };

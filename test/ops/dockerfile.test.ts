@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { SERVICE_NODE_FLAGS } from "../../bench/cast.js";
 
 const text = readFileSync(join(import.meta.dirname, "..", "..", "Dockerfile"), "utf8");
 // One instruction a line: continuations joined, comments dropped.
@@ -22,7 +23,15 @@ describe("Dockerfile", () => {
     expect(user).toBeDefined();
     expect(user).not.toMatch(/\broot\b|\b0\b/);
     expect(final.some((l) => /^HEALTHCHECK .*\/healthz/.test(l))).toBe(true);
-    expect(final.find((l) => /^CMD /.test(l))).toMatch(/\["node", "dist\/index\.js"\]/);
+    expect(final.find((l) => /^CMD /.test(l))).toMatch(/^CMD \["node", (?:"--[^"]+", )*"dist\/index\.js"\]$/);
+  });
+  it("gives node the memory flags that npm start and the benchmark give it (Node 24's young generation kept to Node 20's)", () => {
+    const cmd = final.find((l) => /^CMD /.test(l))!;
+    const flags = [...cmd.matchAll(/"(--[^"]+)"/g)].map((m) => m[1]);
+    expect(flags).toEqual(SERVICE_NODE_FLAGS);
+    expect(flags).toContain("--max-semi-space-size=16");
+    const start = (JSON.parse(readFileSync(join(import.meta.dirname, "..", "..", "package.json"), "utf8")) as { scripts: Record<string, string> }).scripts.start!;
+    expect(start).toContain(`node ${SERVICE_NODE_FLAGS.join(" ")} dist/index.js`);
   });
   it("ships the migrations the service applies at start", () => {
     expect(final.some((l) => /^COPY .*drizzle/.test(l))).toBe(true);
