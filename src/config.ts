@@ -8,7 +8,31 @@ export type RatePolicy = {
   readonly periodMs: number;
   /** the form it was written in, e.g. "10/min" */
   readonly text: string;
+  /** the most calls that may go at once (a full bucket); `limit` when unset */
+  readonly burst?: number;
 };
+
+/**
+ * Upstream's own limits (UPSTREAM.md), counted in fixed one-minute windows whose edges we cannot
+ * see: per key and upstream bucket, and per calling address (every call of ours leaves from one).
+ */
+export const UPSTREAM_LIMITS = { perKeyPerMinute: 120, perAddressPerMinute: 300 } as const;
+
+/** Slack for calls that reach upstream closer together than they were admitted (queues on the way). */
+const UPSTREAM_WINDOW_SLACK_MS = 1_000;
+
+/**
+ * The largest burst that keeps a policy under an upstream ceiling of `perMinute` calls in every
+ * minute, however upstream's windows fall. A bucket of `limit/period` that starts full lets through
+ * its burst and then one call every period/limit: in any window of W, burst + ceil(W / interval) - 1
+ * calls. W is the minute plus UPSTREAM_WINDOW_SLACK_MS. Undefined when even a burst of one would
+ * pass the ceiling: the policy's rate alone is above it.
+ */
+export function burstUnder(policy: RatePolicy, perMinute: number): number | undefined {
+  const interval = policy.periodMs / policy.limit;
+  const burst = perMinute - Math.ceil((60_000 + UPSTREAM_WINDOW_SLACK_MS) / interval - 1e-9) + 1;
+  return burst >= 1 ? Math.min(policy.limit, burst) : undefined;
+}
 
 export type Config = Readonly<{
   databaseUrl: string | undefined;
@@ -34,6 +58,8 @@ export type Config = Readonly<{
   trustProxy: number;
   corsOrigins: readonly string[];
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** settings that are valid but will not do what they seem to (logged at start) */
+  warnings: readonly string[];
 }>;
 
 export class ConfigError extends Error {
@@ -176,6 +202,19 @@ export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolea
   const logLevel = (get("LOG_LEVEL") ?? "info").toLowerCase();
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) bad("LOG_LEVEL", `expected one of ${LOG_LEVELS.join(", ")}`);
 
+  // The key's and the global bucket stand between the team and upstream's limits: their bursts
+  // are cut so that no minute holds more calls than upstream takes in one.
+  const warnings: string[] = [];
+  const upstreamFacing = (name: string, def: string, perMinute: number, what: string): RatePolicy => {
+    const p = rate(name, def);
+    const burst = burstUnder(p, perMinute);
+    if (burst === undefined) {
+      warnings.push(`${name}=${p.text} lets more calls through than upstream's ${perMinute}/min ${what}: upstream will answer 429 and the service pause`);
+      return p;
+    }
+    return burst === p.limit ? p : { ...p, burst };
+  };
+
   const issuer = get("JWT_ISSUER") ?? "haltman-bff";
   const audience = get("JWT_AUDIENCE") ?? "haltman-bff";
 
@@ -195,13 +234,14 @@ export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolea
     rateLimits: Object.freeze({
       handleCreate: rate("RATE_LIMIT_HANDLE_CREATE", "10/min"),
       domainEnable: rate("RATE_LIMIT_DOMAIN_ENABLE", "30/min"),
-      key: rate("RATE_LIMIT_KEY", "100/min"),
-      global: rate("RATE_LIMIT_GLOBAL", "250/min"),
+      key: upstreamFacing("RATE_LIMIT_KEY", "100/min", UPSTREAM_LIMITS.perKeyPerMinute, "per key"),
+      global: upstreamFacing("RATE_LIMIT_GLOBAL", "250/min", UPSTREAM_LIMITS.perAddressPerMinute, "per calling address"),
     }),
     haltmanBot,
     trustProxy: int("TRUST_PROXY", 0, 0, 32),
     corsOrigins: Object.freeze(corsOrigins),
     logLevel: logLevel as Config["logLevel"],
+    warnings: Object.freeze(warnings),
   };
   if (config.refreshTokenTtlS > 366 * 86_400) bad("REFRESH_TOKEN_TTL", "expected at most 366d");
   if (config.accessTokenTtlS > 24 * 3600) bad("ACCESS_TOKEN_TTL", "expected at most 24h (access tokens are short-lived; refresh tokens carry sessions)");

@@ -25,6 +25,7 @@ async function main() {
   }
   const log = createLogger(config.logLevel);
   exitOnFault(log);
+  for (const w of config.warnings) log.warn(`config: ${w}`);
   const { database, keyring } = await prepareDatabase(config, log);
   const deps = await createDeps({ config, database, keyring, log });
   await ensureFirstAdmin(deps, (text) => process.stdout.write(text + "\n"));

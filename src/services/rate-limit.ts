@@ -1,6 +1,7 @@
 // Rate limits decided inside PostgreSQL, on the database's clock, so they hold in total across
 // every instance. GCRA: each bucket keeps a theoretical arrival time (TAT); a call of cost n is
-// admitted when TAT' = max(TAT, now) + n·T stays within one period of now, T = period / limit.
+// admitted when TAT' = max(TAT, now) + n·T stays within burst·T of now, T = period / limit (the
+// burst is the limit unless the policy cuts it: a full bucket lets `burst` calls go at once).
 // Several buckets are decided together in one statement that locks their rows in one fixed order
 // (no deadlock between statements), and a refused call spends no quota.
 import { sql } from "drizzle-orm";
@@ -10,6 +11,10 @@ import { rowsOf, type Database, type Executor, type SqlParam } from "../db/clien
 import { batched, type BatchOptions } from "./batch.js";
 
 export type Bucket = { key: string; policy: RatePolicy; name: string };
+
+/** A policy's emission interval T, and how far ahead of now its TAT may run (burst·T), in ms. */
+const interval = (p: RatePolicy) => p.periodMs / p.limit;
+const tolerance = (p: RatePolicy) => (p.burst ?? p.limit) * interval(p);
 
 export type BucketState = {
   name: string;
@@ -79,8 +84,8 @@ export function bucketArrays(group: readonly { buckets: Bucket[]; cost?: number;
       a.req.push(i);
       a.idx.push(k);
       a.name.push(b.name);
-      a.t.push(b.policy.periodMs / b.policy.limit);
-      a.period.push(b.policy.periodMs);
+      a.t.push(interval(b.policy));
+      a.period.push(tolerance(b.policy)); // the function's "period": how far ahead the TAT may run
       a.cost.push(p.cost ?? 1);
     }
     for (const s of p.pauses ?? []) {
@@ -133,7 +138,7 @@ export function toDecision(buckets: Bucket[], cost: number, allowed: boolean, pa
   let refusedBy: string | undefined;
   if (!allowed) {
     buckets.forEach((b, j) => {
-      const over = (waitMs[j] ?? 0) + cost * (b.policy.periodMs / b.policy.limit) - b.policy.periodMs;
+      const over = (waitMs[j] ?? 0) + cost * interval(b.policy) - tolerance(b.policy);
       if (over > retryMs) {
         retryMs = over;
         refusedBy = b.name;
@@ -146,7 +151,7 @@ export function toDecision(buckets: Bucket[], cost: number, allowed: boolean, pa
   }
   const states = buckets.map((b, j) => {
     const before = Math.max(0, waitMs[j] ?? 0);
-    return stateOf(b, allowed ? before + (cost * b.policy.periodMs) / b.policy.limit : before);
+    return stateOf(b, allowed ? before + cost * interval(b.policy) : before);
   });
   return {
     allowed,
@@ -190,12 +195,11 @@ export async function peekStates(ex: Executor, buckets: Bucket[]): Promise<Bucke
 
 /** A bucket whose TAT is `waitMs` ahead of now: how many calls fit, and when it is full again. */
 function stateOf(b: Bucket, waitMs: number): BucketState {
-  const t = b.policy.periodMs / b.policy.limit;
   return {
     name: b.name,
     key: b.key,
     policy: b.policy,
-    remaining: Math.max(0, Math.floor((b.policy.periodMs - waitMs) / t + 1e-9)),
+    remaining: Math.max(0, Math.floor((tolerance(b.policy) - waitMs) / interval(b.policy) + 1e-9)),
     resetS: Math.ceil(waitMs / 1000),
   };
 }

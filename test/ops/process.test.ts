@@ -80,7 +80,7 @@ describe("the service process", () => {
       sim = await startSimulator({ keys: { ["b".repeat(64)]: "o@example.com" } });
       const port = await freePort();
       url = `http://127.0.0.1:${port}`;
-      proc = run({ DATA_DIR: dataDir, PORT: String(port), HALTMAN_BASE_URL: sim.url });
+      proc = run({ DATA_DIR: dataDir, PORT: String(port), HALTMAN_BASE_URL: sim.url, RATE_LIMIT_KEY: "200/min" });
       await waitReady(url, proc.child);
     }, 60_000);
     afterAll(async () => {
@@ -100,6 +100,15 @@ describe("the service process", () => {
       expect(login.status).toBe(200);
       expect(statSync(join(dataDir, "vault-keyring")).mode & 0o777).toBe(0o600);
       expect(proc.out.stdout).toMatch(/VAULT_KEYRING is not set/);
+    });
+
+    it("warns at start of a key limit that upstream's own would cut", () => {
+      const warned = proc.out.stdout.split("\n").filter((l) => l.includes("RATE_LIMIT_KEY"));
+      expect(warned).toHaveLength(1);
+      expect(JSON.parse(warned[0]!)).toMatchObject({
+        level: "warn",
+        msg: "config: RATE_LIMIT_KEY=200/min lets more calls through than upstream's 120/min per key: upstream will answer 429 and the service pause",
+      });
     });
 
     it("while it runs, a CLI command (exit 2) or a second service (exit 78) on its DATA_DIR is refused, naming its pid", async () => {

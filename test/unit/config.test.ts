@@ -1,7 +1,7 @@
 // config.ts: the contract's defaults, empty-as-unset, one problem line per bad variable (never
 // echoing the value), and the rate-policy and duration parsers.
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, parseDuration, parseRatePolicy, type Config } from "../../src/config.js";
+import { ConfigError, UPSTREAM_LIMITS, burstUnder, loadConfig, parseDuration, parseRatePolicy, type Config, type RatePolicy } from "../../src/config.js";
 import { createLogger } from "../../src/log.js";
 import { StartupError, loadKeyring } from "../../src/startup.js";
 
@@ -39,8 +39,10 @@ describe("loadConfig defaults", () => {
     expect(c.refreshTokenTtlS).toBe(30 * 86_400);
     expect(c.rateLimits.handleCreate).toEqual({ limit: 10, periodMs: 60_000, text: "10/min" });
     expect(c.rateLimits.domainEnable).toEqual({ limit: 30, periodMs: 60_000, text: "30/min" });
-    expect(c.rateLimits.key).toEqual({ limit: 100, periodMs: 60_000, text: "100/min" });
-    expect(c.rateLimits.global).toEqual({ limit: 250, periodMs: 60_000, text: "250/min" });
+    // bursts cut to stay under upstream's 120/min a key and 300/min an address (below)
+    expect(c.rateLimits.key).toEqual({ limit: 100, periodMs: 60_000, text: "100/min", burst: 19 });
+    expect(c.rateLimits.global).toEqual({ limit: 250, periodMs: 60_000, text: "250/min", burst: 46 });
+    expect(c.warnings).toEqual([]);
     expect(c.haltmanBot).toBeUndefined();
     expect(c.trustProxy).toBe(0);
     expect(c.corsOrigins).toEqual([]);
@@ -241,5 +243,86 @@ describe("parseDuration", () => {
 
   it.each(["0", "0s", "0m", "-5m", "1.5h", "", "15 m", "1w", "m", "15M", "1e3", "1234567890"])("%j is refused", (text) => {
     expect(parseDuration(text)).toBeUndefined();
+  });
+});
+
+describe("the key's and the global bucket under upstream's limits", () => {
+  // GCRA exactly as rate_limit_decide() runs it, driven by a caller who sends whenever a call would
+  // pass (the worst case: the full bucket at once, then one call every interval), with a random
+  // delay before each call as well. Returns the most calls admitted in any window of `windowMs`.
+  function worstWindow(p: RatePolicy, windowMs: number, seconds = 300, jitter = false): number {
+    const t = p.periodMs / p.limit;
+    const tol = (p.burst ?? p.limit) * t;
+    let tat = 0;
+    let now = 0;
+    const admitted: number[] = [];
+    let seed = 7;
+    const rand = () => ((seed = (seed * 48271) % 2147483647) / 2147483647);
+    while (now < seconds * 1000) {
+      const base = Math.max(tat, now);
+      if (base + t - now - tol <= 0.001) {
+        tat = base + t;
+        admitted.push(now);
+        if (jitter) now += rand() * t * 3;
+      } else {
+        now = base + t - tol; // the first moment the next call passes
+      }
+    }
+    let most = 0;
+    for (let i = 0, j = 0; i < admitted.length; i++) {
+      while (admitted[i]! - admitted[j]! >= windowMs) j++;
+      most = Math.max(most, i - j + 1);
+    }
+    return most;
+  }
+  const policy = (text: string) => parseRatePolicy(text)!;
+
+  it("the defaults: 100/min a key goes 19 at once, 250/min in all 46, and no minute holds more than upstream takes", () => {
+    const c = loadConfig({});
+    expect(worstWindow(c.rateLimits.key, 60_000)).toBeLessThanOrEqual(UPSTREAM_LIMITS.perKeyPerMinute);
+    expect(worstWindow(c.rateLimits.global, 60_000)).toBeLessThanOrEqual(UPSTREAM_LIMITS.perAddressPerMinute);
+    // a bucket that starts full at its whole limit would not: upstream's 429s, and a paused key
+    expect(worstWindow(policy("100/min"), 60_000)).toBe(199);
+    expect(worstWindow(policy("250/min"), 60_000)).toBe(499);
+    // with the second of slack for calls bunched on their way upstream
+    expect(worstWindow(c.rateLimits.key, 61_000)).toBeLessThanOrEqual(120);
+    expect(worstWindow(c.rateLimits.global, 61_000)).toBeLessThanOrEqual(300);
+  });
+
+  it.each(["10/min", "60/min", "100/min", "118/min", "1/s", "300/h", "1000/h", "1000/d", "5000/d", "200/min", "299/min"])(
+    "%s: the burst is the most that keeps every minute under the ceiling, and never above the limit",
+    (text) => {
+      for (const ceiling of [UPSTREAM_LIMITS.perKeyPerMinute, UPSTREAM_LIMITS.perAddressPerMinute]) {
+        const p = policy(text);
+        const burst = burstUnder(p, ceiling);
+        if (burst === undefined) {
+          // its rate alone is over: even one call at a time passes the ceiling, with the slack
+          expect(worstWindow({ ...p, burst: 1 }, 61_000)).toBeGreaterThan(ceiling);
+          continue;
+        }
+        expect(burst).toBeGreaterThanOrEqual(1);
+        expect(burst).toBeLessThanOrEqual(p.limit);
+        const cut = { ...p, burst };
+        expect(worstWindow(cut, 61_000)).toBeLessThanOrEqual(ceiling);
+        expect(worstWindow(cut, 61_000, 300, true)).toBeLessThanOrEqual(ceiling);
+        // and one more would not fit (unless the burst is the whole limit already)
+        if (burst < p.limit) expect(worstWindow({ ...p, burst: burst + 1 }, 61_000)).toBeGreaterThan(ceiling);
+      }
+    },
+  );
+
+  it("a small limit keeps its whole burst; a limit over upstream's is kept as written, with a warning", () => {
+    const c = loadConfig({ RATE_LIMIT_KEY: "10/min", RATE_LIMIT_GLOBAL: "1000/d", RATE_LIMIT_HANDLE_CREATE: "500/min" });
+    expect(c.rateLimits.key).toEqual({ limit: 10, periodMs: 60_000, text: "10/min" });
+    expect(c.rateLimits.global).toEqual({ limit: 1000, periodMs: 86_400_000, text: "1000/d", burst: 300 });
+    expect(c.rateLimits.handleCreate).toEqual({ limit: 500, periodMs: 60_000, text: "500/min" }); // a user's: no ceiling of its own
+    expect(c.warnings).toEqual([]);
+    const over = loadConfig({ RATE_LIMIT_KEY: "120/min", RATE_LIMIT_GLOBAL: "10/s" });
+    expect(over.rateLimits.key).toEqual({ limit: 120, periodMs: 60_000, text: "120/min" });
+    expect(over.rateLimits.global).toEqual({ limit: 10, periodMs: 1000, text: "10/s" });
+    expect(over.warnings).toEqual([
+      "RATE_LIMIT_KEY=120/min lets more calls through than upstream's 120/min per key: upstream will answer 429 and the service pause",
+      "RATE_LIMIT_GLOBAL=10/s lets more calls through than upstream's 300/min per calling address: upstream will answer 429 and the service pause",
+    ]);
   });
 });
