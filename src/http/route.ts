@@ -7,7 +7,7 @@ import { z } from "@hono/zod-openapi";
 import { invalidParams } from "../errors.js";
 import type { AppEnv } from "./env.js";
 import { requireAdmin, requireUser } from "./middleware/auth.js";
-import { fieldWithNul, jsonBody } from "./middleware/json-body.js";
+import { jsonBody, refuseUnstorableText } from "./middleware/json-body.js";
 import { ErrorBody } from "./schemas.js";
 
 export type Access = "public" | "user" | "admin";
@@ -83,15 +83,15 @@ export function defineRoute<B extends z.ZodType | undefined = undefined, Q exten
   app.on([spec.method.toUpperCase()], [spec.path], ...chain, async (c) => {
     let query: unknown;
     if (spec.query) {
-      const raw = c.req.query();
-      const nul = fieldWithNul(raw);
-      if (nul !== undefined) throw invalidParams(nul, `${nul}: must not contain NUL characters`);
-      const parsed = spec.query.safeParse(raw);
+      // A parameter sent empty (`?actor=&handle=alice`, as a form sends every field) is unset.
+      const given = Object.fromEntries(Object.entries(c.req.query()).filter(([, v]) => v !== ""));
+      const parsed = spec.query.safeParse(given);
       if (!parsed.success) {
         const issue = parsed.error.issues[0]!;
         const field = issue.path.map(String).join(".") || "query";
         throw invalidParams(field, `${field}: ${issue.message}`);
       }
+      refuseUnstorableText(parsed.data, "query");
       query = parsed.data;
     }
     return handler(c, { body: c.get("body"), query } as Input<B, Q>);

@@ -176,6 +176,37 @@ describe("unknown fields", () => {
   });
 });
 
+describe("text PostgreSQL could not store", () => {
+  const keys = async () => Number((await rowsOf<{ n: number }>(svc.deps.db, sql`select count(*)::int as n from haltman_keys`))[0]!.n);
+
+  it("a lone UTF-16 surrogate (JSON's \\ud800) is 400 invalid_params naming the field, and writes nothing", async () => {
+    const before = { ...(await counts()), keys: await keys() };
+    // JSON.stringify writes a lone surrogate as the escape \ud800, as a browser's would
+    const k = await svc.call("POST", "/v1/keys", { token: svc.admin.token, json: { name: "team \ud800 key", api_key: "d".repeat(64) } });
+    expectErrorBody(k, 400, "invalid_params");
+    expect(k.json.field).toBe("name");
+    expect(k.json.message).toMatch(/^name: must be valid Unicode/);
+    const trail = await svc.call("POST", "/v1/keys", { token: svc.admin.token, json: { name: "key \udfff", api_key: "d".repeat(64) } });
+    expect(trail.json.field).toBe("name");
+    expect({ ...(await counts()), keys: await keys() }).toEqual(before);
+  });
+
+  it("a whole surrogate pair (an emoji) is stored as sent", async () => {
+    const k = await svc.call("POST", "/v1/keys", { token: svc.admin.token, json: { name: "team 🔑 key", api_key: "c".repeat(64) } });
+    expect(k.status, k.text).toBe(201);
+    const list = await svc.call("GET", "/v1/keys", { token: svc.admin.token });
+    expect(list.json.keys.map((x: { name: string }) => x.name)).toContain("team 🔑 key");
+  });
+
+  it("in a field the route ignores, neither a NUL nor a lone surrogate matters", async () => {
+    const r = await svc.call("POST", "/v1/admin/users", {
+      token: svc.admin.token,
+      json: { username: "ignored-junk", password: "ignored-junk-pw", role: "member", note: "a\u0000b", ["x\u0000"]: 1, other: "\ud800" },
+    });
+    expect(r.status, r.text).toBe(201);
+  });
+});
+
 describe("wrong types, missing fields and huge strings", () => {
   const cases: [string, string, unknown][] = [
     ["POST", "/v1/admin/users", { username: 123, password: "long-enough-pw", role: "member" }],

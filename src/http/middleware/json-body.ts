@@ -8,7 +8,8 @@ const JSON_TYPE = /^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/i;
 /**
  * Parses and validates a JSON body into c.var.body. Text that does not parse is `invalid_json`;
  * JSON of the wrong shape, or a body sent as another content type (not parsed, as upstream does),
- * is `invalid_params` naming the first bad field. Unknown fields are dropped by the schema.
+ * is `invalid_params` naming the first bad field. Unknown fields are dropped by the schema, and
+ * whatever is in them is never looked at.
  */
 export function jsonBody<S extends z.ZodType>(schema: S): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
@@ -25,8 +26,6 @@ export function jsonBody<S extends z.ZodType>(schema: S): MiddlewareHandler<AppE
     if (value === null || typeof value !== "object" || Array.isArray(value)) {
       throw invalidParams("body", "the request body must be a JSON object");
     }
-    const nul = fieldWithNul(value);
-    if (nul !== undefined) throw invalidParams(nul, `${nul}: must not contain NUL characters`);
     const parsed = schema.safeParse(value);
     if (!parsed.success) {
       const issue = parsed.error.issues[0]!;
@@ -34,23 +33,39 @@ export function jsonBody<S extends z.ZodType>(schema: S): MiddlewareHandler<AppE
       const hint = JSON_TYPE.test(type) ? "" : " (send the body as JSON with Content-Type: application/json)";
       throw invalidParams(field, `${field}: ${issue.message}${hint}`);
     }
+    refuseUnstorableText(parsed.data, "body");
     c.set("body", parsed.data);
     await next();
   };
 }
 
+// A NUL, which PostgreSQL cannot store in text, or a UTF-16 surrogate without its pair (JSON's
+// "\ud800"), which it refuses in jsonb (the audit records' detail): with the u flag a pair is one
+// code point and only a lone surrogate is \p{Cs}.
+const UNSTORABLE = /\0|\p{Cs}/u;
+
 /**
- * The first field (dotted path) whose string, or key, holds a NUL character: PostgreSQL cannot
- * store one in text, so such input is refused here rather than failing in the database.
+ * The first field (dotted path) whose string, or key, PostgreSQL could not store (UNSTORABLE),
+ * and why: such input is refused here rather than failing in the database as a 500.
  */
-export function fieldWithNul(value: unknown, path = ""): string | undefined {
-  if (typeof value === "string") return value.includes("\0") ? path || "body" : undefined;
+export function unstorableField(value: unknown, path = ""): { field: string; why: string } | undefined {
+  const why = (s: string) => (s.includes("\0") ? "must not contain NUL characters" : "must be valid Unicode (it holds half of a surrogate pair)");
+  if (typeof value === "string") return UNSTORABLE.test(value) ? { field: path, why: why(value) } : undefined;
   if (value === null || typeof value !== "object") return undefined;
   for (const [k, v] of Object.entries(value)) {
     const here = path ? `${path}.${k}` : k;
-    if (k.includes("\0")) return here;
-    const found = fieldWithNul(v, here);
+    if (UNSTORABLE.test(k)) return { field: here, why: why(k) };
+    const found = unstorableField(v, here);
     if (found !== undefined) return found;
   }
   return undefined;
+}
+
+/** Throws `invalid_params` naming the first field of validated input that could not be stored. */
+export function refuseUnstorableText(value: unknown, whole: string): void {
+  const bad = unstorableField(value);
+  if (bad) {
+    const field = bad.field || whole;
+    throw invalidParams(field, `${field}: ${bad.why}`);
+  }
 }
