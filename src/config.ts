@@ -20,17 +20,25 @@ export const UPSTREAM_LIMITS = { perKeyPerMinute: 120, perAddressPerMinute: 300 
 
 /** Slack for calls that reach upstream closer together than they were admitted (queues on the way). */
 const UPSTREAM_WINDOW_SLACK_MS = 1_000;
+/** rate_limit_decide() admits a call up to 0.001 ms before its time (float rounding): counted as 1 ms. */
+const DECIDE_LEEWAY_MS = 1;
 
 /**
  * The largest burst that keeps a policy under an upstream ceiling of `perMinute` calls in every
  * minute, however upstream's windows fall. A bucket of `limit/period` that starts full lets through
  * its burst and then one call every period/limit: in any window of W, burst + ceil(W / interval) - 1
- * calls. W is the minute plus UPSTREAM_WINDOW_SLACK_MS. Undefined when even a burst of one would
- * pass the ceiling: the policy's rate alone is above it.
+ * calls. W is the minute plus UPSTREAM_WINDOW_SLACK_MS, or the bare minute for a rate too close to
+ * the ceiling to leave that slack (119/min or 120/min a key: a burst of 1). Undefined when even a
+ * burst of one passes the ceiling within a minute: the policy's rate alone is above upstream's.
  */
 export function burstUnder(policy: RatePolicy, perMinute: number): number | undefined {
   const interval = policy.periodMs / policy.limit;
-  const burst = perMinute - Math.ceil((60_000 + UPSTREAM_WINDOW_SLACK_MS) / interval - 1e-9) + 1;
+  const fits = (windowMs: number) => perMinute - Math.ceil(windowMs / interval - 1e-9) + 1;
+  // The first that leaves a burst of at least one: the minute with the slack, the bare minute, and
+  // for a rate of exactly upstream's (120/min a key) the minute without the database's leeway, one
+  // call every interval (which only a window starting within a microsecond of a call could see as
+  // one call too many).
+  const burst = [60_000 + UPSTREAM_WINDOW_SLACK_MS + DECIDE_LEEWAY_MS, 60_000 + DECIDE_LEEWAY_MS, 60_000].map(fits).find((b) => b >= 1) ?? 0;
   return burst >= 1 ? Math.min(policy.limit, burst) : undefined;
 }
 
@@ -209,7 +217,8 @@ export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolea
     const p = rate(name, def);
     const burst = burstUnder(p, perMinute);
     if (burst === undefined) {
-      warnings.push(`${name}=${p.text} lets more calls through than upstream's ${perMinute}/min ${what}: upstream will answer 429 and the service pause`);
+      // Taken as the operator's word (upstream may allow this deployment more), burst and all.
+      warnings.push(`${name}=${p.text} is a faster rate than upstream's ${perMinute}/min ${what}: unless upstream allows this deployment more, it will answer 429 and the service pause`);
       return p;
     }
     return burst === p.limit ? p : { ...p, burst };

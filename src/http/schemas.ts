@@ -15,12 +15,20 @@ export const ErrorBody = z
   })
   .openapi("Error");
 
+/**
+ * A password's half of a surrogate pair as argon2 has always hashed it: UTF-8 has no such thing,
+ * and Node encodes it as U+FFFD. A password is never stored as text, so it is taken, not refused
+ * (one set with it before must keep logging in).
+ */
+export const asHashed = (p: string) => p.replace(/\p{Cs}/gu, "\uFFFD");
+
 /** A password as given: never trimmed; 8 to 1024 characters (code points). */
 export const Password = z
   .string({ error: "expected a string" })
   .refine((p) => passwordLength(p) >= PASSWORD_MIN && passwordLength(p) <= PASSWORD_MAX, {
     error: `expected ${PASSWORD_MIN} to ${PASSWORD_MAX} characters`,
-  });
+  })
+  .transform(asHashed);
 
 /** A new username: 3 to 64 of a-z 0-9 . _ -, compared and stored lower-cased. */
 export const Username = z

@@ -287,7 +287,8 @@ export const encodeCursor = (p: AuditPosition) => Buffer.from(`v2|${p.at}|${p.se
 export function decodeCursor(cursor: string): AuditPosition | undefined {
   const m = /^v2\|(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z)\|(\d{1,16})$/.exec(Buffer.from(cursor, "base64url").toString("utf8"));
   // a real instant: one that Date does not roll over (2026-02-30 would become 2026-03-02)
-  const real = m && !Number.isNaN(Date.parse(m[1]!)) && new Date(m[1]!).toISOString().slice(0, 23) === m[1]!.slice(0, 23);
+  // (and not in year 0, which Date takes and PostgreSQL refuses)
+  const real = m && !m[1]!.startsWith("0000") && !Number.isNaN(Date.parse(m[1]!)) && new Date(m[1]!).toISOString().slice(0, 23) === m[1]!.slice(0, 23);
   return real ? { at: m[1]!, seq: Number(m[2]) } : undefined;
 }
 

@@ -44,6 +44,19 @@ describe("accounts: review fixes", () => {
     expect(after[0]!.n).toBe(before[0]!.n);
   });
 
+  it("a password holding half of a surrogate pair is taken as argon2 always hashed it (U+FFFD), not refused", async () => {
+    // refused as unstorable text elsewhere (a key's name); a password is never stored as text, and
+    // one set with it before the check must keep logging in
+    const r = await svc.call("POST", "/v1/admin/users", { token: svc.admin.token, json: { username: "lone-half", password: "pass\ud800word-1", role: "member" } });
+    expect(r.status, r.text).toBe(201);
+    const login = await svc.call("POST", "/v1/auth/login", { json: { username: "lone-half", password: "pass\ud800word-1" } });
+    expect(login.status, login.text).toBe(200);
+    const same = await svc.call("POST", "/v1/auth/login", { json: { username: "lone-half", password: "pass\ufffdword-1" } });
+    expect(same.status).toBe(200);
+    const change = await svc.call("POST", "/v1/auth/password", { token: login.json.access_token, json: { current_password: "pass\udc00word-1", new_password: "new\ud83dpass-2" } });
+    expect(change.status, change.text).toBe(204);
+  });
+
   it("the login bucket of a typed name is not a plain hash of it", async () => {
     await svc.call("POST", "/v1/auth/login", { json: { username: "correct horse battery", password: "x-x-x-x-x" } });
     const { createHash } = await import("node:crypto");

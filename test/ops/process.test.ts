@@ -107,7 +107,7 @@ describe("the service process", () => {
       expect(warned).toHaveLength(1);
       expect(JSON.parse(warned[0]!)).toMatchObject({
         level: "warn",
-        msg: "config: RATE_LIMIT_KEY=200/min lets more calls through than upstream's 120/min per key: upstream will answer 429 and the service pause",
+        msg: "config: RATE_LIMIT_KEY=200/min is a faster rate than upstream's 120/min per key: unless upstream allows this deployment more, it will answer 429 and the service pause",
       });
     });
 

@@ -54,6 +54,7 @@ const HANDLES_OK: [string, string, string][] = [
   ["every special character of the dot-atom", "!#$%&'*+/=?^_`{|}~-", "!#$%&'*+/=?^_`{|}~-"],
 ];
 const HANDLES_BAD: [string, unknown][] = [
+  ["half of a surrogate pair (JSON's \\ud800)", "ab\ud800cd"],
   ["65 characters", "h".repeat(65)],
   ["65 characters after trimming", ` ${"u".repeat(65)} `],
   ["empty", ""],
@@ -120,6 +121,7 @@ const DOMAINS_OK: [string, string, string][] = [
   ["a TLD of 63 letters", `example.${"t".repeat(63)}`, `example.${"t".repeat(63)}`],
 ];
 const DOMAINS_BAD: [string, unknown][] = [
+  ["half of a surrogate pair (JSON's \\udc00)", "ex\udc00ample.com"],
   ["a single label", "localhost"],
   ["a trailing dot", "example.com."],
   ["a leading dot", ".example.com"],

@@ -5,7 +5,7 @@ import { changePassword, login, logout, refresh } from "../../services/accounts.
 import type { AppEnv } from "../env.js";
 import { requestMeta } from "../middleware/request-context.js";
 import { defineRoute } from "../route.js";
-import { Password, UserView } from "../schemas.js";
+import { Password, UserView, asHashed } from "../schemas.js";
 
 const TokenPair = z
   .object({
@@ -35,7 +35,7 @@ export function authRoutes(registry: OpenAPIRegistry) {
       access: "public",
       body: z.object({
         username: z.string({ error: "expected a string" }).min(1, { error: "required" }).max(256, { error: "too long" }),
-        password: z.string({ error: "expected a string" }).min(1, { error: "required" }).max(4096, { error: "too long" }),
+        password: z.string({ error: "expected a string" }).min(1, { error: "required" }).max(4096, { error: "too long" }).transform(asHashed),
       }),
       responses: { 200: { description: "a new session", schema: TokenPair }, 401: { description: "invalid_credentials" } },
     },
@@ -90,7 +90,7 @@ export function authRoutes(registry: OpenAPIRegistry) {
         '`field: "current_password"` (not 401, which would make a frontend log its user out).',
       tags,
       access: "user",
-      body: z.object({ current_password: z.string({ error: "expected a string" }).max(4096, { error: "too long" }), new_password: Password }),
+      body: z.object({ current_password: z.string({ error: "expected a string" }).max(4096, { error: "too long" }).transform(asHashed), new_password: Password }),
       responses: { 204: { description: "changed" } },
     },
     async (c, { body }) => {
