@@ -22,9 +22,10 @@ async function main() {
   const cast = await startCast();
   const { database, sim, bare, svc, users } = cast;
   try {
-    // Warm-up: JIT, connection pools, bucket rows, the key choices each instance remembers.
+    // Warm-up: JIT, connection pools, bucket rows, the key choices each instance remembers (3 s
+    // each; as long as a load when loads are shorter, as in CI's short run).
     for (const [u, reqs] of [[sim.url, cast.directReqs], [bare.url, cast.bareReqs], [svc.url, cast.serviceReqs]] as const) {
-      await closedLoop(u, reqs, { connections: 32, seconds: 3 });
+      await closedLoop(u, reqs, { connections: 32, seconds: Math.min(3, DURATION) });
     }
     const [{ seq: firstSeq }] = await rowsOf<{ seq: number }>(database.db, sql`select coalesce(max(seq), 0)::int as seq from audit_events`) as [{ seq: number }];
     let serviceAnswered = 0;
