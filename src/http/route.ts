@@ -25,6 +25,8 @@ export type RouteSpec<B extends z.ZodType | undefined, Q extends z.ZodType | und
   /** a body documented in OpenAPI but parsed by the handler itself */
   docBody?: z.ZodType;
   query?: Q;
+  /** query parameters for which empty is a value for the schema to judge, not "unset" (the default) */
+  emptyIsAValue?: readonly string[];
   /** extra middleware after validation (e.g. the proxy's key choice) */
   after?: MiddlewareHandler<AppEnv>[];
   headers?: z.ZodObject;
@@ -83,8 +85,9 @@ export function defineRoute<B extends z.ZodType | undefined = undefined, Q exten
   app.on([spec.method.toUpperCase()], [spec.path], ...chain, async (c) => {
     let query: unknown;
     if (spec.query) {
-      // A parameter sent empty (`?actor=&handle=alice`, as a form sends every field) is unset.
-      const given = Object.fromEntries(Object.entries(c.req.query()).filter(([, v]) => v !== ""));
+      // A parameter sent empty (`?actor=&handle=alice`, as a form sends every field) is unset,
+      // unless the route says empty means something.
+      const given = Object.fromEntries(Object.entries(c.req.query()).filter(([k, v]) => v !== "" || spec.emptyIsAValue?.includes(k)));
       const parsed = spec.query.safeParse(given);
       if (!parsed.success) {
         const issue = parsed.error.issues[0]!;

@@ -1,6 +1,7 @@
 // Request and response shapes shared by the routers. `z` is zod with `.openapi()` metadata.
 import { z } from "@hono/zod-openapi";
 import { normaliseUsername } from "../config.js";
+import { isRealInstant } from "../time.js";
 import { PASSWORD_MAX, PASSWORD_MIN, passwordLength } from "../services/passwords.js";
 
 export const ErrorBody = z
@@ -43,15 +44,6 @@ export const Instant = z
   .refine(isRealInstant, { error: "expected an ISO 8601 date or time, e.g. 2026-11-23T10:00:00Z" })
   .transform((s) => new Date(s));
 
-export function isRealInstant(s: string): boolean {
-  const m = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/.exec(s);
-  if (!m) return false;
-  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
-  const day = new Date(Date.UTC(y, mo - 1, d));
-  if (day.getUTCFullYear() !== y || day.getUTCMonth() !== mo - 1 || day.getUTCDate() !== d) return false;
-  if (m[4] !== undefined && (Number(m[4]) > 23 || Number(m[5]) > 59 || Number(m[6] ?? 0) > 59)) return false;
-  return !Number.isNaN(Date.parse(s));
-}
 
 export const Role = z.enum(["admin", "member"], { error: 'expected "admin" or "member"' });
 

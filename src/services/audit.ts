@@ -6,6 +6,7 @@ import { and, desc, eq, gte, lte, or, sql, type SQL } from "drizzle-orm";
 import { pgArray } from "../db/arrays.js";
 import type { Database, Executor } from "../db/client.js";
 import { auditEventOutcomes, auditEvents } from "../db/schema.js";
+import { isRealInstant } from "../time.js";
 import { batched, type BatchOptions } from "./batch.js";
 
 export type AuditAction =
@@ -286,10 +287,7 @@ function toView(r: PageRow): AuditEventView {
 export const encodeCursor = (p: AuditPosition) => Buffer.from(`v2|${p.at}|${p.seq}`).toString("base64url");
 export function decodeCursor(cursor: string): AuditPosition | undefined {
   const m = /^v2\|(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z)\|(\d{1,16})$/.exec(Buffer.from(cursor, "base64url").toString("utf8"));
-  // a real instant: one that Date does not roll over (2026-02-30 would become 2026-03-02)
-  // (and not in year 0, which Date takes and PostgreSQL refuses)
-  const real = m && !m[1]!.startsWith("0000") && !Number.isNaN(Date.parse(m[1]!)) && new Date(m[1]!).toISOString().slice(0, 23) === m[1]!.slice(0, 23);
-  return real ? { at: m[1]!, seq: Number(m[2]) } : undefined;
+  return m && isRealInstant(m[1]!) ? { at: m[1]!, seq: Number(m[2]) } : undefined;
 }
 
 const positionOf = (r: { atExact: string; seq: number }): AuditPosition => ({ at: r.atExact, seq: Number(r.seq) });

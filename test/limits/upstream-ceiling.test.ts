@@ -31,16 +31,23 @@ async function userWithKey(svc: Service) {
 const create = (svc: Service, token: string): Promise<CallResult> => svc.call("POST", "/api/handle/create", { token, json: { handle: freshHandle() } });
 const loginLimits = { perAccount: parseRatePolicy("10000/min")!, perAddress: parseRatePolicy("10000/min")! };
 
-describe("RATE_LIMIT_KEY at its default, 100/min", () => {
+/** A service for one describe block, with users' limits out of the way and `env` on top. */
+function serviceWith(env: Record<string, string>): () => Service {
   let svc: Service;
   beforeAll(async () => {
-    svc = await startService({ env: { HALTMAN_BASE_URL: sim.url, RATE_LIMIT_HANDLE_CREATE: "100000/min", RATE_LIMIT_GLOBAL: "100000/min" }, loginLimits });
+    svc = await startService({ env: { HALTMAN_BASE_URL: sim.url, RATE_LIMIT_HANDLE_CREATE: "100000/min", ...env }, loginLimits });
   });
   afterAll(async () => {
     await svc?.close();
   });
+  return () => svc;
+}
+
+describe("RATE_LIMIT_KEY at its default, 100/min", () => {
+  const service = serviceWith({ RATE_LIMIT_GLOBAL: "100000/min" });
 
   it("lets 19 calls of one key go at once, then one every 0.6 s; the headers say so", async () => {
+    const svc = service();
     const u = await userWithKey(svc);
     const before = creates();
     const t0 = performance.now();
@@ -64,15 +71,10 @@ describe("RATE_LIMIT_KEY at its default, 100/min", () => {
 });
 
 describe("RATE_LIMIT_GLOBAL at its default, 250/min", () => {
-  let svc: Service;
-  beforeAll(async () => {
-    svc = await startService({ env: { HALTMAN_BASE_URL: sim.url, RATE_LIMIT_HANDLE_CREATE: "100000/min", RATE_LIMIT_KEY: "10/min" }, loginLimits });
-  });
-  afterAll(async () => {
-    await svc?.close();
-  });
+  const service = serviceWith({ RATE_LIMIT_KEY: "10/min" });
 
   it("lets 46 calls of the whole team go at once, whatever keys they use", async () => {
+    const svc = service();
     const team = await Promise.all(Array.from({ length: 8 }, () => userWithKey(svc)));
     const before = creates();
     // 8 keys of 10 calls each: only the global bucket can refuse

@@ -83,14 +83,18 @@ export function auditRoutes(registry: OpenAPIRegistry) {
           .transform(Number)
           .refine((n) => n >= 1 && n <= 500, { error: "expected a whole number from 1 to 500" })
           .optional(),
-        cursor: z.string().max(128).optional(),
+        // Empty is refused, not unset: a client that sends `cursor=${next_cursor ?? ""}` and missed
+        // that null ends the pages would otherwise start again from the first one, for ever.
+        cursor: z
+          .string()
+          .min(1, { error: "empty; leave it out for the first page (a null next_cursor means there is no next page)" })
+          .max(128)
+          .optional(),
       }),
+      emptyIsAValue: ["cursor"],
       responses: { 200: { description: "a page", schema: z.object({ events: z.array(AuditEvent), next_cursor: z.string().nullable() }) } },
     },
     async (c, { query }) => {
-      // The one parameter where empty is not "unset": a client that sends `cursor=${next_cursor ?? ""}`
-      // and missed that null ends the pages would start again from the first one, for ever.
-      if (c.req.query("cursor") === "") throw invalidParams("cursor", "cursor: empty; leave it out for the first page (a null next_cursor means there is no next page)");
       let before: AuditPosition | undefined;
       if (query.cursor !== undefined) {
         before = decodeCursor(query.cursor);

@@ -1,0 +1,15 @@
+// Instants as clients and cursors write them.
+
+/**
+ * An ISO 8601 date or date-time that names a real moment: Date.parse rolls "2021-02-30" over to
+ * March and takes 24:00 and year 0, all of which PostgreSQL refuses (a 500, had they reached it).
+ */
+export function isRealInstant(s: string): boolean {
+  const m = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/.exec(s);
+  if (!m) return false;
+  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const day = new Date(Date.UTC(y, mo - 1, d));
+  if (day.getUTCFullYear() !== y || day.getUTCMonth() !== mo - 1 || day.getUTCDate() !== d) return false;
+  if (m[4] !== undefined && (Number(m[4]) > 23 || Number(m[5]) > 59 || Number(m[6] ?? 0) > 59)) return false;
+  return !Number.isNaN(Date.parse(s));
+}
