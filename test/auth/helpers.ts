@@ -4,7 +4,9 @@ import { expect } from "vitest";
 import { parseRatePolicy } from "../../src/config.js";
 import type { LoginLimits } from "../../src/deps.js";
 import { createPasswordHasher, type PasswordHasher } from "../../src/services/passwords.js";
-import { FAST_HASH, type CallResult, type Service } from "../helpers/harness.js";
+import { FAST_HASH, sleep, uniqueName, type AuditEvent, type CallResult, type Service } from "../helpers/harness.js";
+
+export { sleep, uniqueName };
 
 /** Login throttles out of the way, for suites that log in many times from 127.0.0.1. */
 export const GENEROUS_LOGIN_LIMITS: LoginLimits = {
@@ -12,7 +14,6 @@ export const GENEROUS_LOGIN_LIMITS: LoginLimits = {
   perAddress: parseRatePolicy("10000/min")!,
 };
 
-export const uniqueName = (prefix = "u") => `${prefix}-${randomBytes(5).toString("hex")}`;
 
 export type Counts = { hash: number; verify: number; verifyDummy: number };
 
@@ -63,16 +64,7 @@ export async function createUser(
   return { id: r.json.id, username: r.json.username, password };
 }
 
-export type AuditEvent = {
-  id: string;
-  at: string;
-  request_id: string;
-  actor: { id: string; username: string } | null;
-  action: string;
-  outcome: string;
-  detail: Record<string, unknown> | null;
-  [k: string]: unknown;
-};
+export type { AuditEvent } from "../helpers/harness.js";
 
 /** Every audit event matching `query`, as the bootstrap admin sees them (all pages of GET /v1/audit). */
 export async function auditEvents(svc: Service, query: Record<string, string> = {}): Promise<AuditEvent[]> {
@@ -101,4 +93,3 @@ export function expectNoStore(r: CallResult) {
   expect(r.headers.get("x-content-type-options")).toBe("nosniff");
 }
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -1,6 +1,7 @@
 // Builds the real app on a real database (a fresh copy per call) behind a real HTTP server on
 // loopback. No module mocks: tests only choose configuration and dependencies, as index.ts does.
 import { serve } from "@hono/node-server";
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import type { Server } from "node:http";
@@ -64,6 +65,54 @@ export type CallResult = {
   json: any;
 };
 
+/** An answer read whole: status, headers, text, and the JSON it holds (if it holds any). */
+export async function readAnswer(res: Response): Promise<CallResult> {
+  const text = await res.text();
+  let json: unknown;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, headers: res.headers, text, json };
+}
+
+/** One HTTP call to any base URL (an in-process service, or a service process), redirects not followed. */
+export async function request(base: string, method: string, path: string, o: CallOptions = {}): Promise<CallResult> {
+  const headers: Record<string, string> = { ...(o.headers ?? {}) };
+  if (o.token) headers.authorization = `Bearer ${o.token}`;
+  let body: string | Uint8Array | undefined = o.body;
+  if (o.json !== undefined) {
+    body = JSON.stringify(o.json);
+    headers["content-type"] ??= "application/json";
+  }
+  return readAnswer(await fetch(base + path, { method, headers, ...(body !== undefined ? { body } : {}), redirect: "manual" }));
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** A fresh random Haltman-shaped key (64 lower-case hex characters). */
+export const randomApiKey = () => randomBytes(32).toString("hex");
+
+export const uniqueName = (prefix = "u") => `${prefix}-${randomBytes(5).toString("hex")}`;
+
+/** An event as GET /v1/audit answers it. */
+export type AuditEvent = {
+  id: string;
+  at: string;
+  request_id: string;
+  actor: { id: string; username: string } | null;
+  action: string;
+  outcome: string;
+  key_id: string | null;
+  handle: string | null;
+  domain: string | null;
+  upstream_status: number | null;
+  ip: string | null;
+  user_agent: string | null;
+  detail: Record<string, unknown> | null;
+};
+
 export type Service = {
   url: string;
   deps: Deps;
@@ -125,24 +174,7 @@ export async function startService(opts: {
   });
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 
-  async function call(method: string, path: string, o: CallOptions = {}): Promise<CallResult> {
-    const headers: Record<string, string> = { ...(o.headers ?? {}) };
-    if (o.token) headers.authorization = `Bearer ${o.token}`;
-    let body: string | Uint8Array | undefined = o.body;
-    if (o.json !== undefined) {
-      body = JSON.stringify(o.json);
-      headers["content-type"] ??= "application/json";
-    }
-    const res = await fetch(url + path, { method, headers, ...(body !== undefined ? { body } : {}), redirect: "manual" });
-    const text = await res.text();
-    let json: unknown;
-    try {
-      json = text ? JSON.parse(text) : undefined;
-    } catch {
-      json = undefined;
-    }
-    return { status: res.status, headers: res.headers, text, json };
-  }
+  const call = (method: string, path: string, o: CallOptions = {}) => request(url, method, path, o);
 
   async function login(username: string, password: string) {
     const r = await call("POST", "/v1/auth/login", { json: { username, password } });

@@ -5,19 +5,14 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { createServer } from "node:net";
 import { expect } from "vitest";
-import type { CallOptions, CallResult } from "../helpers/harness.js";
+import { sleep, type CallResult } from "../helpers/harness.js";
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A fresh random Haltman-shaped key (64 lower-case hex characters). */
-export const randomApiKey = () => randomBytes(32).toString("hex");
+export { randomApiKey, request, sleep, uniqueName } from "../helpers/harness.js";
 
 let handleCounter = 0;
 const handlePrefix = `l${randomBytes(3).toString("hex")}`;
 /** A handle the simulator has never seen (it answers 409 alias_taken for a reused one). */
 export const freshHandle = () => `${handlePrefix}.${++handleCounter}`;
-
-export const uniqueName = (prefix = "u") => `${prefix}-${randomBytes(5).toString("hex")}`;
 
 // ---- RFC 8941 structured fields: lists ------------------------------------------------------------
 
@@ -299,28 +294,6 @@ export function statusCounts(rs: CallResult[]): Record<number, number> {
   const out: Record<number, number> = {};
   for (const r of rs) out[r.status] = (out[r.status] ?? 0) + 1;
   return out;
-}
-
-// ---- HTTP to any instance ---------------------------------------------------------------------------
-
-/** The harness's call(), against any base URL (our own service processes). */
-export async function request(base: string, method: string, path: string, o: CallOptions = {}): Promise<CallResult> {
-  const headers: Record<string, string> = { ...(o.headers ?? {}) };
-  if (o.token) headers.authorization = `Bearer ${o.token}`;
-  let body: string | Uint8Array | undefined = o.body;
-  if (o.json !== undefined) {
-    body = JSON.stringify(o.json);
-    headers["content-type"] ??= "application/json";
-  }
-  const res = await fetch(base + path, { method, headers, ...(body !== undefined ? { body } : {}), redirect: "manual" });
-  const text = await res.text();
-  let json: unknown;
-  try {
-    json = text ? JSON.parse(text) : undefined;
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, headers: res.headers, text, json };
 }
 
 // ---- service processes ------------------------------------------------------------------------------

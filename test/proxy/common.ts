@@ -1,12 +1,11 @@
 // Helpers shared by the proxied-call suites (not a test file itself). Every suite runs the real
 // service (harness: real database, real HTTP server) against the real Haltman simulator over
 // loopback sockets; nothing is mocked.
-import { randomBytes } from "node:crypto";
 import { createServer } from "node:net";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, expect } from "vitest";
 import { startSimulator, type ReceivedRequest, type Simulator, type SimulatorOptions } from "../../src/simulator/server.js";
-import { startService, type CallOptions, type CallResult, type Service } from "../helpers/harness.js";
+import { randomApiKey, readAnswer, sleep, startService, type AuditEvent, type CallOptions, type CallResult, type Service } from "../helpers/harness.js";
 
 /** Limits far above anything these suites do (rate limiting has a suite of its own). */
 export const HIGH_LIMITS: Record<string, string> = {
@@ -19,21 +18,7 @@ export const HIGH_LIMITS: Record<string, string> = {
 export const CREATE = "/api/handle/create";
 export const ENABLE = "/api/handle/domain/enable";
 
-export type AuditEvent = {
-  id: string;
-  at: string;
-  request_id: string;
-  actor: { id: string; username: string } | null;
-  action: string;
-  outcome: string;
-  key_id: string | null;
-  handle: string | null;
-  domain: string | null;
-  upstream_status: number | null;
-  ip: string | null;
-  user_agent: string | null;
-  detail: Record<string, unknown> | null;
-};
+export type { AuditEvent } from "../helpers/harness.js";
 
 /** A response as the suites keep it for the secrets check: status, every header, the body. */
 type Seen = { status: number; headers: [string, string][]; text: string };
@@ -50,7 +35,7 @@ export type Ctx = {
   close(): Promise<void>;
 };
 
-export const newApiKey = () => randomBytes(32).toString("hex");
+export const newApiKey = randomApiKey;
 
 /** A simulator and a service pointed at it; `svc.call` records every answer for the secrets check. */
 export async function startPair(opts: { env?: Record<string, string>; sim?: SimulatorOptions; baseUrl?: string } = {}): Promise<Ctx> {
@@ -69,15 +54,7 @@ export async function startPair(opts: { env?: Record<string, string>; sim?: Simu
     secrets: [],
     seen,
     async fetch(path, init) {
-      const res = await fetch(svc.url + path, { redirect: "manual", ...init });
-      const text = await res.text();
-      let json: unknown;
-      try {
-        json = text ? JSON.parse(text) : undefined;
-      } catch {
-        json = undefined;
-      }
-      return keep({ status: res.status, headers: res.headers, text, json });
+      return keep(await readAnswer(await fetch(svc.url + path, { redirect: "manual", ...init })));
     },
     async close() {
       await svc.close();
@@ -149,7 +126,7 @@ export async function waitFor(pred: () => boolean | Promise<boolean>, timeoutMs:
   }
 }
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+export { sleep };
 
 /** A loopback port with nothing listening on it (bound, then closed). */
 export async function closedPort(): Promise<number> {

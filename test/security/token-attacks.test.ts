@@ -1,18 +1,15 @@
 // Every protected route refuses every bad token with 401 `unauthorized` (the contract's JSON body),
 // and accepts the good one. New protected routes are one line each in PROTECTED_ROUTES.
-import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseRatePolicy } from "../../src/config.js";
-import { expectErrorBody, startService, type CallResult, type Service } from "../helpers/harness.js";
+import { expectErrorBody, sleep, startService, uniqueName, type CallResult, type Service } from "../helpers/harness.js";
 import { describeTokenAttacks, type ProtectedRoute } from "./token-attacks.js";
-
-const uniqueName = () => `made-${randomBytes(5).toString("hex")}`;
 
 const PROTECTED_ROUTES: ProtectedRoute[] = [
   { method: "GET", path: "/v1/auth/me" },
   { method: "POST", path: "/v1/auth/logout", ok: 204, endsSession: true },
   { method: "POST", path: "/v1/auth/password", ok: 204, body: (c) => ({ current_password: c.caller.password, new_password: c.caller.password }) },
-  { method: "POST", path: "/v1/admin/users", as: "admin", ok: 201, body: () => ({ username: uniqueName(), password: "a long password", role: "member" }) },
+  { method: "POST", path: "/v1/admin/users", as: "admin", ok: 201, body: () => ({ username: uniqueName("made"), password: "a long password", role: "member" }) },
   { method: "GET", path: "/v1/admin/users", as: "admin" },
   { name: "PATCH /v1/admin/users/:id", method: "PATCH", path: (c) => `/v1/admin/users/${c.target.id}`, as: "admin", body: { disabled: false } },
   { method: "GET", path: "/v1/audit" },
@@ -51,8 +48,6 @@ describe("revocation across instances sharing a database", () => {
     await b?.close();
     await a?.close();
   });
-
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
   /** Polls `svc` until it refuses `token`; every answer before that must be 200. Returns ms since t0. */
   async function refusedWithin(svc: Service, token: string, t0: number, boundMs: number): Promise<number> {

@@ -1,5 +1,4 @@
 // Helpers shared by the key-vault tests (not a test file itself).
-import { randomBytes } from "node:crypto";
 import { sql } from "drizzle-orm";
 import { expect } from "vitest";
 import { rowsOf, type Executor } from "../../src/db/client.js";
@@ -21,10 +20,7 @@ export const entry = (id: string, fill: number) => `${id}:${keyringMaterial(fill
 /** The keyring of the suites that do not rotate. */
 export const VAULT_KEYRING = entry("v1", 0x5a);
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** A fresh random Haltman-shaped key (64 lower-case hex characters). */
-export const randomApiKey = () => randomBytes(32).toString("hex");
+export { randomApiKey, sleep } from "../helpers/harness.js";
 
 let handleCounter = 0;
 /** A handle the simulator has never seen (it answers 409 alias_taken for a reused one). */
