@@ -151,7 +151,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     await releaseClaim(); // the claim made for another key, if any
     const c = await claim(deps.db, user.id, idemKey, requestHash({ op, key: k.id, body: upstreamBody }), deps.config.upstreamTimeoutMs / 1000 + 60);
     if (c.kind === "mismatch") {
-      return refuse(new AppError("idempotency_key_reused", "this Idempotency-Key was used with another request body"), "invalid");
+      return refuse(new AppError("idempotency_key_reused", "this Idempotency-Key was used with another request (another body, or another key by X-Key-Id)"), "invalid");
     }
     if (c.kind === "in_flight") {
       return refuse(new AppError("conflict", "a request with this Idempotency-Key is still in flight"), "invalid", { reason: "idempotency_in_flight" });

@@ -25,7 +25,7 @@ process.stdout.write(
     `  HALTMAN_BASE_URL=${sim.url} DATA_DIR=./data-sandbox npm start`,
     "",
     "Banned names: root, postmaster, abuse (403 banned). Faults, for testing a frontend's error paths:",
-    `  curl -X POST ${sim.url}/__sim/fault -d '{"kind":"status","status":503}'   (next call; kinds: delay, hang, reset, status, non_json, redirect, oversized)`,
+    `  curl -X POST ${sim.url}/__sim/fault -d '{"kind":"status","status":503}'   (next call; kinds: delay, hang, reset, status, non_json, redirect, oversized, stalled_body)`,
     "",
   ].join("\n"),
 );

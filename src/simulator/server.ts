@@ -15,7 +15,10 @@ export type Fault =
   | { kind: "status"; status: number; body?: string; contentType?: string; headers?: Record<string, string> }
   | { kind: "non_json" }
   | { kind: "redirect"; location?: string }
-  | { kind: "oversized"; bytes: number };
+  /** an answer of `bytes` and more (200 JSON unless told) */
+  | { kind: "oversized"; bytes: number; status?: number; contentType?: string; headers?: Record<string, string> }
+  /** the status line and headers at once, then a body that starts and never ends */
+  | { kind: "stalled_body"; status: number; contentType?: string; headers?: Record<string, string> };
 
 export type ReceivedRequest = {
   path: string;
@@ -138,7 +141,7 @@ export async function startSimulator(opts: SimulatorOptions = {}, listen: { host
         res.end();
         return true;
       case "oversized": {
-        res.writeHead(200, { "content-type": "application/json", "x-request-id": requestId });
+        res.writeHead(fault.status ?? 200, { "content-type": fault.contentType ?? "application/json", "x-request-id": requestId, ...(fault.headers ?? {}) });
         const chunk = Buffer.alloc(64 * 1024, 0x20);
         let sent = 0;
         res.write("{");
@@ -153,6 +156,10 @@ export async function startSimulator(opts: SimulatorOptions = {}, listen: { host
         pump();
         return true;
       }
+      case "stalled_body":
+        res.writeHead(fault.status, { "content-type": fault.contentType ?? "application/json", "content-length": "100", "x-request-id": requestId, ...(fault.headers ?? {}) });
+        res.write("{");
+        return true; // the rest never comes; the socket stays open until the client gives up
     }
   }
 
@@ -173,7 +180,7 @@ export async function startSimulator(opts: SimulatorOptions = {}, listen: { host
     if (req.method === "POST" && path === "/__sim/fault") {
       try {
         const fault = JSON.parse(raw) as Fault;
-        if (!["delay", "hang", "reset", "status", "non_json", "redirect", "oversized"].includes(fault.kind)) throw new Error("kind");
+        if (!["delay", "hang", "reset", "status", "non_json", "redirect", "oversized", "stalled_body"].includes(fault.kind)) throw new Error("kind");
         sim.faults.push(fault);
         return send(res, 200, { ok: true, queued: sim.faults.length });
       } catch {

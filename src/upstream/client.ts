@@ -2,7 +2,7 @@
 // and total deadlines, a cap on the answer's size, and redirects never followed (a followed
 // redirect would carry X-API-Key to another host). These POSTs are not idempotent upstream, so
 // the only retry is of a connection refused before anything was sent.
-import { Pool } from "undici";
+import { Pool, type Dispatcher } from "undici";
 
 export type UpstreamOperation = "handle_create" | "domain_enable";
 
@@ -30,6 +30,10 @@ export type UpstreamClient = {
 };
 
 export const MAX_UPSTREAM_BODY = 1024 * 1024;
+/** A 429's body only says whose limit it is (JSON: the key's; text: our address's). */
+export const MAX_429_BODY = 64 * 1024;
+/** How long a 429's body may take to arrive once its status has: past it, the body is not waited for. */
+export const READ_429_BODY_MS = 1_000;
 
 export function createUpstreamClient(opts: {
   baseUrl: URL;
@@ -77,34 +81,30 @@ export function createUpstreamClient(opts: {
       res.body.destroy();
       return { kind: "unavailable", reason: "redirect", status: res.statusCode, ms: ms() };
     }
-    const declared = Number(res.headers["content-length"]);
-    if (Number.isFinite(declared) && declared > MAX_UPSTREAM_BODY) {
+    const answer = (body: Buffer): UpstreamResult => ({ kind: "answer", status: res.statusCode, headers: res.headers, body, ...parseJson(res.headers["content-type"], body), ms: ms() });
+    // A 5xx is judged by its status alone. Its body (often a gateway's HTML page) is never read,
+    // so a large or a slow one cannot make a failure of upstream's look like ours to reach it.
+    if (res.statusCode >= 500) {
       res.body.destroy();
-      return { kind: "unavailable", reason: "too_large", status: res.statusCode, ms: ms() };
+      return answer(EMPTY);
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of res.body) {
-      size += (chunk as Buffer).length;
-      if (size > MAX_UPSTREAM_BODY) {
-        res.body.destroy();
-        return { kind: "unavailable", reason: "too_large", status: res.statusCode, ms: ms() };
-      }
-      chunks.push(chunk as Buffer);
-    }
-    const body = Buffer.concat(chunks);
-    const type = String(res.headers["content-type"] ?? "");
-    let json: unknown;
-    let isJson = false;
-    if (/\bjson\b/i.test(type) || body[0] === 0x7b /* { */) {
+    // A 429 is a pause to take, whatever its body does: a body too large or too slow to read is
+    // taken as not JSON, upstream's per-address answer, which pauses every call (the safe side).
+    if (res.statusCode === 429) {
+      const timer = setTimeout(() => res.body.destroy(), READ_429_BODY_MS);
       try {
-        json = JSON.parse(body.toString("utf8"));
-        isJson = json !== null && typeof json === "object";
+        const body = await readCapped(res, MAX_429_BODY);
+        return answer(body ?? EMPTY);
       } catch {
-        isJson = false;
+        return answer(EMPTY);
+      } finally {
+        clearTimeout(timer);
       }
     }
-    return { kind: "answer", status: res.statusCode, headers: res.headers, body, json, isJson, ms: ms() };
+    // Every other answer is passed on whole: it must arrive whole, in time and within the cap.
+    const body = await readCapped(res, MAX_UPSTREAM_BODY);
+    if (body === undefined) return { kind: "unavailable", reason: "too_large", status: res.statusCode, ms: ms() };
+    return answer(body);
   }
 
   return {
@@ -140,6 +140,41 @@ export function createUpstreamClient(opts: {
     },
     close: () => pool.close(),
   };
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** The whole body, or undefined (and the body dropped) once it is over `cap` bytes, declared or sent. */
+async function readCapped({ headers, body }: Dispatcher.ResponseData, cap: number): Promise<Buffer | undefined> {
+  const declared = Number(headers["content-length"]);
+  if (Number.isFinite(declared) && declared > cap) {
+    body.destroy();
+    return undefined;
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += (chunk as Buffer).length;
+    if (size > cap) {
+      body.destroy();
+      return undefined;
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** JSON when it says so or looks so (its first byte past whitespace is `{`), and parses to an object. */
+function parseJson(contentType: string | string[] | undefined, body: Buffer): { json: unknown; isJson: boolean } {
+  let i = 0;
+  while (i < body.length && (body[i] === 0x20 || body[i] === 0x09 || body[i] === 0x0a || body[i] === 0x0d)) i++;
+  if (!/\bjson\b/i.test(String(contentType ?? "")) && body[i] !== 0x7b /* { */) return { json: undefined, isJson: false };
+  try {
+    const json: unknown = JSON.parse(body.toString("utf8"));
+    return { json, isJson: json !== null && typeof json === "object" };
+  } catch {
+    return { json: undefined, isJson: false };
+  }
 }
 
 function errorCode(err: unknown): string | undefined {

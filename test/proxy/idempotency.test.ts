@@ -65,6 +65,20 @@ describe("Idempotency-Key on create", () => {
     expect(again.result.headers.get("idempotent-replayed")).toBe("true");
   });
 
+  it("same key and body through another stored key (X-Key-Id): 422, and the message says so", async () => {
+    const cat = await ctx.svc.addUser(ctx.svc.admin.token, "cat");
+    const k1 = await storeKey(ctx, cat.token, "cat-1");
+    const k2 = await storeKey(ctx, cat.token, "cat-2");
+    const via = (keyId: string) =>
+      receivedDuring(ctx.sim, () => post(ctx, CREATE, cat.token, { handle: "idem-cat" }, { "idempotency-key": "key-cat", "x-key-id": keyId }));
+    expect((await via(k1.id)).result.status).toBe(200);
+    const other = await via(k2.id);
+    expectErrorBody(other.result, 422, "idempotency_key_reused");
+    expect(other.result.json.message).toMatch(/X-Key-Id/);
+    expect(other.received).toHaveLength(0);
+    expect((await via(k1.id)).result.headers.get("idempotent-replayed")).toBe("true");
+  });
+
   it("10 concurrent duplicates: exactly one upstream call; the others 409 conflict or a replayed 200", async () => {
     ctx.sim.always = { kind: "delay", ms: 300 };
     try {

@@ -72,6 +72,14 @@ describe("200, 400, 403, 404, 409 with a JSON body: same status, byte-identical 
     await expectAudited(r, status === 200 ? "success" : "upstream_refused", status);
   });
 
+  it("a JSON body sent as text/plain, after a leading newline, is JSON all the same", async () => {
+    const body = '\n {"ok":true,"created":true,"handle":"text-typed"}';
+    const { r } = await create("text-typed", { kind: "status", status: 200, body, contentType: "text/plain" });
+    expect(r.status).toBe(200);
+    expect(r.text).toBe(body);
+    await expectAudited(r, "success", 200);
+  });
+
   it("the simulator's own answers pass through as it sends them (create, taken, banned)", async () => {
     const ok = await create("natural-one");
     expect(ok.r.status).toBe(200);
@@ -169,6 +177,23 @@ describe("5xx: 502 upstream_error with upstream_status", () => {
     expect(r.text).not.toContain(body);
     expectRateLimitHeaders(r);
     await expectAudited(r, "upstream_error", status);
+  });
+
+  // A gateway in front of upstream answers 5xx with pages of its own, large or slow: the status
+  // alone decides, the body is not waited for (UPSTREAM_TIMEOUT_MS is 5 s in this file).
+  it.each([
+    ["a 503 whose body never ends", { kind: "stalled_body", status: 503 } as Fault, 503],
+    ["a 502 with a 2 MiB HTML page", { kind: "oversized", bytes: 2 * 1024 * 1024, status: 502, contentType: "text/html" } as Fault, 502],
+  ])("%s: still 502 upstream_error with upstream_status, at once", async (_, fault, status) => {
+    const started = performance.now();
+    const { result, uncaught } = await uncaughtDuring(() => create(`five-body-${status}`, fault));
+    expect(performance.now() - started).toBeLessThan(3000);
+    expect(result.received).toHaveLength(1);
+    expectErrorBody(result.r, 502, "upstream_error");
+    expect(result.r.json.upstream_status).toBe(status);
+    await expectAudited(result.r, "upstream_error", status);
+    expect(uncaught).toEqual([]);
+    expect((await create(`after-five-body-${status}`)).r.status).toBe(200);
   });
 });
 

@@ -2,6 +2,7 @@
 // pauses every proxied call. Both answer 429 rate_limited reason "upstream" with upstream's
 // Retry-After, and a paused call never reaches upstream.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MAX_UPSTREAM_PAUSE_S, mapResult } from "../../src/services/proxy.js";
 import type { Fault } from "../../src/simulator/server.js";
 import { expectErrorBody, type CallResult } from "../helpers/harness.js";
 import {
@@ -32,6 +33,18 @@ const textLimit = (retryAfter: string): Fault => ({
   contentType: "text/plain; charset=utf-8",
   headers: { "retry-after": retryAfter },
 });
+
+type User = { id: string; token: string };
+
+/** A service and its simulator, with anna and bert each holding a key of their own. */
+async function twoUsersTwoKeys(): Promise<{ ctx: Ctx; a: User; b: User }> {
+  const ctx = await startPair();
+  const a = await ctx.svc.addUser(ctx.svc.admin.token, "anna");
+  const b = await ctx.svc.addUser(ctx.svc.admin.token, "bert");
+  await storeKey(ctx, a.token, "anna-key");
+  await storeKey(ctx, b.token, "bert-key");
+  return { ctx, a, b };
+}
 
 function expectUpstreamLimit(r: CallResult, maxRetry: number, minRetry = 1) {
   expectErrorBody(r, 429, "rate_limited");
@@ -111,15 +124,9 @@ describe("JSON 429: upstream's per-key limit", () => {
 
 describe("plain-text 429: upstream's per-address limit pauses every call", () => {
   let ctx: Ctx;
-  let a: { id: string; token: string };
-  let b: { id: string; token: string };
-  beforeAll(async () => {
-    ctx = await startPair();
-    a = await ctx.svc.addUser(ctx.svc.admin.token, "anna");
-    b = await ctx.svc.addUser(ctx.svc.admin.token, "bert");
-    await storeKey(ctx, a.token, "anna-key");
-    await storeKey(ctx, b.token, "bert-key");
-  });
+  let a: User;
+  let b: User;
+  beforeAll(async () => ({ ctx, a, b } = await twoUsersTwoKeys()));
   afterAll(() => ctx?.close());
 
   // Order matters in this block: the first pause is short and must be over before the second.
@@ -160,6 +167,37 @@ describe("plain-text 429: upstream's per-address limit pauses every call", () =>
   it("never shows a stored key's plaintext", () => expectNoSecrets(ctx));
 });
 
+describe("a 429 whose body is odd: still upstream's per-address limit", () => {
+  let ctx: Ctx;
+  let a: User;
+  let b: User;
+  beforeAll(async () => ({ ctx, a, b } = await twoUsersTwoKeys()));
+  afterAll(() => ctx?.close());
+
+  // A 429 must pause whatever its body does; one that cannot be read whole in time is taken as the
+  // per-address answer (every call pauses), even typed as JSON.
+  it.each([
+    ["whose JSON body never ends", { kind: "stalled_body", status: 429, headers: { "retry-after": "1" } } as Fault],
+    ["with a 2 MiB body", { kind: "oversized", status: 429, bytes: 2 * 1024 * 1024, headers: { "retry-after": "1" } } as Fault],
+  ])("a 429 %s: still a pause of every call, taken within a second or so", async (_, fault) => {
+    ctx.sim.faults.push(fault);
+    const started = performance.now();
+    const first = await receivedDuring(ctx.sim, () => post(ctx, CREATE, a.token, { handle: "odd-429" }));
+    expect(performance.now() - started).toBeLessThan(3000);
+    expect(first.received).toHaveLength(1);
+    expectUpstreamLimit(first.result, 1, 1);
+    const e = await eventOf(ctx, first.result);
+    expect([e.outcome, e.upstream_status]).toEqual(["rate_limited", 429]);
+    const other = await receivedDuring(ctx.sim, () => post(ctx, CREATE, b.token, { handle: "odd-429-b" }));
+    expect(other.received).toHaveLength(0);
+    expectUpstreamLimit(other.result, 1);
+    await sleep(1200);
+    expect((await post(ctx, CREATE, b.token, { handle: `odd-429-after-${fault.kind}` })).status).toBe(200);
+  });
+
+  it("never shows a stored key's plaintext", () => expectNoSecrets(ctx));
+});
+
 describe("the simulator's own per-address limit (plain text, no Retry-After)", () => {
   let ctx: Ctx;
   let a: { id: string; token: string };
@@ -185,4 +223,30 @@ describe("the simulator's own per-address limit (plain text, no Retry-After)", (
   });
 
   it("never shows a stored key's plaintext", () => expectNoSecrets(ctx));
+});
+
+describe("upstream's Retry-After, as taken (mapResult)", () => {
+  const limited = (retryAfter: string | undefined) =>
+    mapResult(
+      { kind: "answer", status: 429, headers: retryAfter === undefined ? {} : { "retry-after": retryAfter }, body: Buffer.from("busy"), json: undefined, isJson: false, ms: 1 },
+      "handle_create",
+      "k",
+    );
+  const pauseOf = (retryAfter: string | undefined) => limited(retryAfter).pause?.seconds;
+  it.each([
+    ["7", 7],
+    ["0", 1],
+    ["300", MAX_UPSTREAM_PAUSE_S],
+    ["99999", MAX_UPSTREAM_PAUSE_S],
+    [undefined, 60],
+    ["soon", 60],
+  ])("Retry-After %s: a pause of %i s", (header, seconds) => {
+    expect(pauseOf(header)).toBe(seconds);
+    expect((limited(header).answer as { extras: { retry_after?: number } }).extras.retry_after).toBe(seconds);
+  });
+  it("an HTTP date: the seconds until then, capped alike", () => {
+    expect(pauseOf(new Date(Date.now() + 30_500).toUTCString())).toBeGreaterThanOrEqual(29);
+    expect(pauseOf(new Date(Date.now() + 30_500).toUTCString())).toBeLessThanOrEqual(31);
+    expect(pauseOf(new Date(Date.now() + 86_400_000).toUTCString())).toBe(MAX_UPSTREAM_PAUSE_S);
+  });
 });
