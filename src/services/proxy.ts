@@ -7,6 +7,7 @@ import type { Deps } from "../deps.js";
 import { describeError, type RequestLog } from "../log.js";
 import type { UpstreamOperation, UpstreamResult } from "../upstream/client.js";
 import { normaliseDomain, normaliseHandle } from "../upstream/validation.js";
+import { bodyKind, parseForm } from "../simulator/body.js";
 import { randomUUID } from "node:crypto";
 import { auditRow, type AuditAction, type AuditOutcome, type RequestMeta } from "./audit.js";
 import { claim, complete, release, requestHash, MAX_IDEMPOTENCY_KEY } from "./idempotency.js";
@@ -33,7 +34,6 @@ export type ProxyRequest = {
 export type ProxyAnswer = { status: number; body: string; headers: Record<string, string> };
 
 const ACTION: Record<UpstreamOperation, AuditAction> = { handle_create: "handle.create", domain_enable: "domain.enable" };
-const JSON_TYPE = /^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/i;
 
 /** Upstream's answer for the caller, and what it means for the audit and the key. */
 type Mapped = {
@@ -276,8 +276,10 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
 const jsonHeaders = { "Content-Type": "application/json; charset=utf-8" };
 
 function parseBody(text: string, contentType: string): Record<string, unknown> {
-  // Like upstream: a body that is not sent as JSON is not parsed (the handle is then missing).
-  if (!JSON_TYPE.test(contentType) || text.trim() === "") return {};
+  // Like upstream: JSON and forms are parsed, any other body is not (the handle is then missing).
+  const kind = bodyKind(contentType);
+  if (kind === "form") return parseForm(text);
+  if (kind !== "json" || text.trim() === "") return {};
   let value: unknown;
   try {
     value = JSON.parse(text);

@@ -6,6 +6,7 @@ import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 
+import { bodyKind, parseForm } from "./body.js";
 import { DOMAIN_RE, HANDLE_RE } from "./patterns.js";
 
 export type Fault =
@@ -196,7 +197,9 @@ export async function startSimulator(opts: SimulatorOptions = {}, listen: { host
     }
     if (size > 32 * 1024) return send(res, 500, { error: "internal_error" }, requestId);
     let body: Record<string, unknown> = {};
-    if (/json/i.test(String(req.headers["content-type"] ?? ""))) {
+    const kind = bodyKind(req.headers["content-type"]);
+    if (kind === "form") body = parseForm(raw);
+    if (kind === "json") {
       try {
         const parsed = JSON.parse(raw || "{}");
         if (parsed === null) throw new Error("null");

@@ -192,6 +192,33 @@ describe("the body itself", () => {
     expect(ok.received).toHaveLength(1);
   });
 
+  it.each([CREATE, ENABLE])("%s: a form body is parsed (as upstream's express.urlencoded), and goes upstream as JSON", async (path) => {
+    ctx.sim.handles.set("form-made", { owner: key.plaintext, active: true, disabledDomains: new Set() });
+    const got = await send(path, { body: "handle=+Form-Made&domain=Example.com&extra=1", contentType: "application/x-www-form-urlencoded; charset=UTF-8" });
+    expect(got.result.status, got.result.text).toBe(path === CREATE ? 409 : 200); // upstream judged it
+    expect(got.received).toHaveLength(1);
+    expect(JSON.parse(got.received[0]!.body)).toEqual(path === CREATE ? { handle: "form-made" } : { handle: "form-made", domain: "example.com" });
+  });
+
+  it("the simulator, like upstream, takes a form body too", async () => {
+    const res = await fetch(ctx.sim.url + CREATE, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", "x-api-key": key.plaintext },
+      body: "handle=sim-form",
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ ok: true, created: true, handle: "sim-form" });
+  });
+
+  it("a form naming the handle twice is refused as upstream would (an array is not a string): 400 invalid_params field handle", async () => {
+    await expectRefused(CREATE, await send(CREATE, { body: "handle=one&handle=two", contentType: "application/x-www-form-urlencoded" }), 400, "invalid_params", "handle");
+  });
+
+  it("a vendor +json type is not parsed upstream (express.json() takes application/json only): 400 invalid_params field handle", async () => {
+    const body = JSON.stringify({ handle: "vendor-typed" });
+    await expectRefused(CREATE, await send(CREATE, { body, contentType: "application/vnd.api+json" }), 400, "invalid_params", "handle");
+  });
+
   it("no body at all: 400 invalid_params field handle", async () => {
     await expectRefused(CREATE, await send(CREATE, { body: "", contentType: "application/json" }), 400, "invalid_params", "handle");
   });
