@@ -3,6 +3,8 @@
 /**
  * An ISO 8601 date or date-time that names a real moment: Date.parse rolls "2021-02-30" over to
  * March and takes 24:00 and year 0, all of which PostgreSQL refuses (a 500, had they reached it).
+ * The moment must also fall in years 1 to 9999 in UTC: 9999-12-31T23:00-02:00 is in year 10000,
+ * which a Date writes as "+010000-…", a form PostgreSQL refuses.
  */
 export function isRealInstant(s: string): boolean {
   const m = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/.exec(s);
@@ -11,5 +13,8 @@ export function isRealInstant(s: string): boolean {
   const day = new Date(Date.UTC(y, mo - 1, d));
   if (day.getUTCFullYear() !== y || day.getUTCMonth() !== mo - 1 || day.getUTCDate() !== d) return false;
   if (m[4] !== undefined && (Number(m[4]) > 23 || Number(m[5]) > 59 || Number(m[6] ?? 0) > 59)) return false;
-  return !Number.isNaN(Date.parse(s));
+  const t = Date.parse(s);
+  if (Number.isNaN(t)) return false;
+  const utcYear = new Date(t).getUTCFullYear();
+  return utcYear >= 1 && utcYear <= 9999;
 }

@@ -2,7 +2,7 @@
 // whose record cannot be written does not happen (fail closed). Nothing secret goes in: callers
 // pass ids and names, never a password, token or key.
 import { randomUUID } from "node:crypto";
-import { and, desc, eq, gte, lte, or, sql, type SQL } from "drizzle-orm";
+import { and, desc, eq, gte, or, sql, type SQL } from "drizzle-orm";
 import { pgArray } from "../db/arrays.js";
 import type { Database, Executor } from "../db/client.js";
 import { auditEventOutcomes, auditEvents } from "../db/schema.js";
@@ -227,7 +227,9 @@ function whereFor(viewer: AuditViewer, f: AuditFilters, before?: AuditPosition):
     f.keyId ? eq(auditEvents.keyId, f.keyId) : undefined,
     f.outcome ? sql`${outcomeExpr} = ${f.outcome}` : undefined,
     f.since ? gte(auditEvents.at, f.since) : undefined,
-    f.until ? lte(auditEvents.at, f.until) : undefined,
+    // `at` is stored to the microsecond and shown to the millisecond: `until` takes in the whole
+    // millisecond it names, so an event's own `at`, as shown, finds it.
+    f.until ? sql`${auditEvents.at} < ${f.until.toISOString()}::timestamptz + interval '1 millisecond'` : undefined,
     before !== undefined ? sql`(${auditEvents.at}, ${auditEvents.seq}) < (${before.at}::timestamptz, ${before.seq})` : undefined,
   );
 }
@@ -321,7 +323,11 @@ export const CSV_COLUMNS = [
   "handle", "domain", "upstream_status", "ip", "user_agent",
 ] as const;
 
-/** One CSV line. Cells that a spreadsheet would run as a formula are defused with a leading quote. */
+/**
+ * One CSV line, as OWASP's guidance on CSV injection has it: every text cell quoted (a spreadsheet
+ * whose list separator is `;` would otherwise split "a;=cmd…" and run its second half), and a cell
+ * a spreadsheet would run as a formula defused with a leading quote.
+ */
 export function csvLine(e: AuditEventView): string {
   const cells: Record<(typeof CSV_COLUMNS)[number], string | number | null> = {
     id: e.id, at: e.at, request_id: e.request_id, actor_id: e.actor?.id ?? null, actor_username: e.actor?.username ?? null,
@@ -331,9 +337,9 @@ export function csvLine(e: AuditEventView): string {
   return CSV_COLUMNS.map((c) => csvCell(cells[c])).join(",") + "\r\n";
 }
 
-export function csvCell(v: string | number | null): string {
+function csvCell(v: string | number | null): string {
   if (v === null) return "";
-  let s = String(v);
-  if (/^[=+\-@\t\r]/.test(s)) s = `'${s}`;
-  return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  if (typeof v === "number") return String(v);
+  const s = /^[=+\-@\t\r]/.test(v) ? `'${v}` : v;
+  return `"${s.replace(/"/g, '""')}"`;
 }

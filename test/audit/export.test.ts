@@ -1,8 +1,11 @@
 // GET /v1/audit/export: NDJSON and CSV streams of every matching event (past the export's
 // internal page of 1000), CSV header, escaping and formula defusing, attachment headers.
+import { request as httpRequest } from "node:http";
+import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { rowsOf } from "../../src/db/client.js";
 import { CSV_COLUMNS } from "../../src/services/audit.js";
-import { expectErrorBody, startService, type Service } from "../helpers/harness.js";
+import { expectErrorBody, sleep, startService, type Service } from "../helpers/harness.js";
 import { insertEvents, parseCsv } from "./common.js";
 
 const HEADER = ["id", "at", "request_id", "actor_id", "actor_username", "action", "outcome", "key_id", "subject_id", "handle", "domain", "upstream_status", "ip", "user_agent"];
@@ -68,6 +71,12 @@ describe("ndjson", () => {
     expect(r.text).toBe("");
   });
 
+  it("refuses bad filters as the list does, a date past year 9999 in UTC included (was a 500)", async () => {
+    const r = await exportOf("since=9999-12-31T23:00:00-02:00");
+    expectErrorBody(r, 400, "invalid_params");
+    expect(r.json.field).toBe("since");
+  });
+
   it("needs a token", async () => {
     expectErrorBody(await svc.call("GET", "/v1/audit/export"), 401, "unauthorized");
   });
@@ -129,6 +138,18 @@ describe("csv", () => {
     expect(nd.map((x) => x.user_agent).sort()).toEqual([...formulas].sort());
   });
 
+  it("a formula after a ';' stays inside its cell: every text cell is quoted (a ';' list separator cannot split it)", async () => {
+    const ua = "Mozilla/5.0;=cmd|' /C calc'!A0";
+    const [id] = await insertEvents(svc, [{ handle: "csv-semicolon", userAgent: ua, upstreamStatus: 409 }]);
+    const line = (await exportOf("handle=csv-semicolon&format=csv")).text.split("\r\n")[1]!;
+    const cells = line.split(","); // no cell of this line holds a comma
+    expect(cells[0]).toBe(`"${id}"`);
+    expect(cells[9]).toBe('"csv-semicolon"');
+    expect(cells[11]).toBe("409"); // numbers stay bare
+    expect(cells[13]).toBe(`"${ua.replace(/"/g, '""')}"`);
+    expect(cells[10]).toBe(""); // no domain: an empty cell
+  });
+
   it("a User-Agent starting with '=' sent over HTTP comes out defused", async () => {
     const ua = "=cmd|' /C calc'!A0";
     const r = await svc.call("POST", "/v1/auth/login", {
@@ -142,4 +163,52 @@ describe("csv", () => {
     expect(rec[13]).toBe(`'${ua}`);
     expect(rec[6]).toBe("invalid");
   });
+});
+
+// PGlite only: the service and this test share its one backend, so the table's statistics count
+// every row the export read, at once. On a server each connection reports them on its own time.
+describe.skipIf(!!process.env.TEST_DATABASE_URL)("a client that goes away (PGlite: its statistics are the service's own)", () => {
+  const EVENTS = 5_000; // five of the export's pages, each event ~8 KB: 40 MB in all
+  const rowsRead = async () => {
+    await rowsOf(svc.deps.db, sql`select pg_stat_force_next_flush()`);
+    const [r] = await rowsOf<{ n: number }>(
+      svc.deps.db,
+      sql`select pg_stat_clear_snapshot(), (coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0))::bigint as n from pg_stat_user_tables where relname = 'audit_events'`,
+    );
+    return Number(r!.n);
+  };
+
+  it("is not exported to: the export stops reading pages for it", async () => {
+    for (let i = 0; i < EVENTS; i += 1_000) {
+      await insertEvents(svc, Array.from({ length: 1_000 }, () => ({ handle: "abandoned", detail: { pad: "x".repeat(8_000) } })));
+    }
+    const t0 = await rowsRead();
+    const whole = await exportOf("handle=abandoned");
+    expect(whole.text.split("\n").filter(Boolean)).toHaveLength(EVENTS);
+    const wholeRead = (await rowsRead()) - t0;
+
+    const before = await rowsRead();
+    await new Promise<void>((resolve, reject) => {
+      const req = httpRequest(`${svc.url}/v1/audit/export?handle=abandoned`, { headers: { authorization: `Bearer ${svc.admin.token}` } }, (res) => {
+        res.once("data", () => {
+          req.destroy(); // gone after its first chunk
+          resolve();
+        });
+      });
+      req.on("error", () => {});
+      req.on("close", () => resolve());
+      setTimeout(() => reject(new Error("no answer")), 20_000).unref();
+      req.end();
+    });
+    // Wait until the service reads no more (a second without a row read).
+    let last = await rowsRead();
+    for (let i = 0; i < 30; i++) {
+      await sleep(1_000);
+      const n = await rowsRead();
+      if (n === last) break;
+      last = n;
+    }
+    // It read its first page (or two, ahead of the socket), not the whole log for nobody.
+    expect(last - before).toBeLessThan(wholeRead / 2);
+  }, 120_000);
 });

@@ -4,7 +4,9 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { recordOutcome, record } from "../../src/services/audit.js";
 import { expectErrorBody, startService, type Service } from "../helpers/harness.js";
-import { insertEvents } from "./common.js";
+import { sql } from "drizzle-orm";
+import { auditEvents } from "../../src/db/schema.js";
+import { insertEvents, row } from "./common.js";
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Ev = any;
@@ -183,6 +185,19 @@ describe("filters", () => {
     expect(mine(await list("since=2021-05-10T12:00:00%2B02:00&until=2021-05-10T12:00:00%2B02:00"))).toEqual(ids("e2"));
   });
 
+  it("an event's own `at`, as shown (to the millisecond), finds it as since and as until, though it was stored to the microsecond", async () => {
+    const r = row({ action: "auth.login", actor: { id: alice.id, username: "alice" }, handle: "flt-micro" });
+    await svc.deps.db.insert(auditEvents).values({ ...r, at: sql`'2021-07-01T10:00:00.123456Z'::timestamptz` });
+    const [shown] = await list("handle=flt-micro");
+    expect(shown.at).toBe("2021-07-01T10:00:00.123Z");
+    for (const q of [`since=${shown.at}&until=${shown.at}`, `until=${shown.at}`, `since=${shown.at}`]) {
+      expect((await list(`handle=flt-micro&${q}`)).map((x) => x.id), q).toEqual([r.id]);
+    }
+    // and the millisecond before or after does not
+    expect(await list("handle=flt-micro&until=2021-07-01T10:00:00.122Z")).toEqual([]);
+    expect(await list("handle=flt-micro&since=2021-07-01T10:00:00.124Z")).toEqual([]);
+  });
+
   it("filters combine (AND)", async () => {
     expect(await list("handle=flt-beta&outcome=unknown").then((x) => x.map((y) => y.id))).toEqual([e.e3]);
     expect(await list(`key_id=${K2}&actor=${bob.id}`).then((x) => x.map((y) => y.id))).toEqual([e.e4]);
@@ -203,6 +218,8 @@ describe("bad filter values", () => {
     ["since", "since=2021-02-30"], // no such day (a lenient parser would roll it over to 2 March)
     ["until", "until=2021-04-31T10:00:00Z"],
     ["until", "until=not-a-date"],
+    ["until", "until=9999-12-31T23:00:00-02:00"], // year 10000 in UTC: a Date writes "+010000-…", PostgreSQL refuses it (was a 500)
+    ["since", "since=9999-12-31T23:00:00-02:00"],
     ["limit", "limit=0"],
     ["limit", "limit=501"],
     ["limit", "limit=abc"],
@@ -229,6 +246,7 @@ describe("bad filter values", () => {
       "outcome=success",
       "since=2021-01-01",
       "until=2030-01-01T00:00:00Z",
+      "until=9999-12-31T23:00:00%2B02:00", // still in year 9999 in UTC
       "limit=1",
       "limit=500",
     ]) {

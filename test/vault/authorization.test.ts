@@ -398,7 +398,7 @@ describe("grants", () => {
   it("refuses an expires_at in the past (or not a time) with 400 field expires_at; a future one is kept", async () => {
     const u = await svc.addUser(svc.admin.token, "k-timed");
     const before = await countRows(svc.deps.db, "key_grants");
-    for (const expires_at of [new Date(Date.now() - 60_000).toISOString(), "2001-01-01T00:00:00Z", "tomorrow", 12345]) {
+    for (const expires_at of [new Date(Date.now() - 60_000).toISOString(), "2001-01-01T00:00:00Z", "tomorrow", 12345, "9999-12-31T23:00:00-02:00" /* year 10000 in UTC: was a 500 */]) {
       const r = await post(tok.owner, K, { username: "k-timed", expires_at });
       expectErrorBody(r, 400, "invalid_params");
       expect(r.json.field, String(expires_at)).toBe("expires_at");

@@ -133,7 +133,12 @@ export function auditRoutes(registry: OpenAPIRegistry) {
         if (format === "csv") await s.write(CSV_COLUMNS.join(",") + "\r\n");
         try {
           if (!first.done) await s.write(format === "csv" ? csvLine(first.value) : JSON.stringify(first.value) + "\n");
-          for await (const e of events) await s.write(format === "csv" ? csvLine(e) : JSON.stringify(e) + "\n");
+          // A client that has gone is not written to (Hono drops those writes without a word): the
+          // loop stops, and leaving it ends the generator, so no further page is read for nobody.
+          for await (const e of events) {
+            if (s.aborted) break;
+            await s.write(format === "csv" ? csvLine(e) : JSON.stringify(e) + "\n");
+          }
         } catch (err) {
           // Headers are gone already: the only honest signal left is a cut-off stream.
           c.get("log").error({ err: (err as Error).name }, "audit export failed mid-stream");
