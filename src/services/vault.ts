@@ -282,7 +282,7 @@ export async function createGrant(
   try {
     return await db.transaction(async (tx) => {
       const { key } = await keyToManage(tx, caller, keyId);
-      const [grantee] = await tx.select().from(users).where(eq(users.username, input.username.toLowerCase())).limit(1);
+      const [grantee] = await tx.select().from(users).where(eq(users.username, input.username.trim().toLowerCase())).limit(1);
       if (!grantee) throw invalidParams("username", "no user of that name");
       if (grantee.id === key.ownerId) throw invalidParams("username", "the key's owner needs no grant");
       if (input.expires_at && input.expires_at.getTime() <= Date.now()) throw invalidParams("expires_at", "expires_at must be in the future");

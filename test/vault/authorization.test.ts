@@ -298,9 +298,9 @@ describe("grants", () => {
     expect(await countRows(svc.deps.db, "key_grants")).toBe(before);
   });
 
-  it("grants a user (case-insensitively) with the contract's answer", async () => {
+  it("grants a user (case-insensitively, and the name trimmed, as login takes it) with the contract's answer", async () => {
     const u = await svc.addUser(svc.admin.token, "k-newcomer");
-    const r = await post(tok.owner, K, { username: "K-NewComer" });
+    const r = await post(tok.owner, K, { username: " K-NewComer\t" });
     expect(r.status, r.text).toBe(201);
     expect(r.json).toMatchObject({ key_id: K, user: { id: u.id, username: "k-newcomer" }, expires_at: null });
     expect(Object.keys(r.json)).toEqual(expect.arrayContaining(["id", "key_id", "user", "expires_at"]));
