@@ -7,6 +7,7 @@ import { KeyringError } from "./crypto/keyring.js";
 import { createDeps } from "./deps.js";
 import { exitOnFault } from "./fatal.js";
 import { createLogger, describeError } from "./log.js";
+import { maintainTables } from "./db/maintenance.js";
 import { sweepIdempotencyKeys } from "./services/idempotency.js";
 import { sweepBuckets, sweepPauses } from "./services/rate-limit.js";
 import { sweepSessions } from "./services/sessions.js";
@@ -43,11 +44,18 @@ async function main() {
   server.requestTimeout = 60_000;
 
   // Housekeeping: rows that no longer change any decision (full buckets, spent idempotency keys,
-  // pauses in the past). Any instance may run it; the statements are idempotent.
+  // pauses in the past). Any instance may run it; the statements are idempotent. On PGlite, which
+  // has no autovacuum, the tables are then vacuumed and analyzed as autovacuum would (db/maintenance.ts).
+  const maintain = async () => {
+    if (database.kind !== "pglite") return;
+    const done = await maintainTables(database.db);
+    if (done.length > 0) log.info({ tables: done }, "embedded database maintained (autovacuum's part)");
+  };
+  maintain().catch((err) => log.warn({ err: describeError(err) }, "embedded database maintenance failed"));
   const sweeper = setInterval(() => {
-    Promise.all([sweepBuckets(database.db), sweepIdempotencyKeys(database.db), sweepPauses(database.db), sweepSessions(database.db)]).catch((err) =>
-      log.warn({ err: describeError(err) }, "housekeeping sweep failed"),
-    );
+    Promise.all([sweepBuckets(database.db), sweepIdempotencyKeys(database.db), sweepPauses(database.db), sweepSessions(database.db)])
+      .then(maintain)
+      .catch((err) => log.warn({ err: describeError(err) }, "housekeeping sweep failed"));
   }, 10 * 60_000);
   sweeper.unref();
 

@@ -80,7 +80,7 @@ describe("the service process", () => {
       sim = await startSimulator({ keys: { ["b".repeat(64)]: "o@example.com" } });
       const port = await freePort();
       url = `http://127.0.0.1:${port}`;
-      proc = run({ DATA_DIR: dataDir, PORT: String(port), HALTMAN_BASE_URL: sim.url, RATE_LIMIT_KEY: "200/min" });
+      proc = run({ DATA_DIR: dataDir, PORT: String(port), HALTMAN_BASE_URL: sim.url, RATE_LIMIT_KEY: "200/min", LOG_LEVEL: "info" });
       await waitReady(url, proc.child);
     }, 60_000);
     afterAll(async () => {
@@ -100,6 +100,15 @@ describe("the service process", () => {
       expect(login.status).toBe(200);
       expect(statSync(join(dataDir, "vault-keyring")).mode & 0o777).toBe(0o600);
       expect(proc.out.stdout).toMatch(/VAULT_KEYRING is not set/);
+    });
+
+    it("maintains its embedded database at start (PGlite has no autovacuum): every table analyzed once", async () => {
+      const done = async () => proc.out.stdout.split("\n").filter((l) => l.includes("embedded database maintained"));
+      for (let i = 0; i < 50 && (await done()).length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+      const [line] = await done();
+      expect(line, proc.out.stdout).toBeDefined();
+      const tables = (JSON.parse(line!).tables as { table: string }[]).map((t) => t.table);
+      expect(tables).toEqual(expect.arrayContaining(["audit_events", "users", "rate_limit_buckets"]));
     });
 
     it("warns at start of a key limit that upstream's own would cut", () => {

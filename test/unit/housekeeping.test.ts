@@ -3,6 +3,7 @@ import { randomUUID } from "node:crypto";
 import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { rowsOf } from "../../src/db/client.js";
+import { maintainTables, type Maintained } from "../../src/db/maintenance.js";
 import { sweepIdempotencyKeys } from "../../src/services/idempotency.js";
 import { sweepBuckets, sweepPauses } from "../../src/services/rate-limit.js";
 import { sweepSessions } from "../../src/services/sessions.js";
@@ -51,5 +52,50 @@ describe("housekeeping sweeps", () => {
     expect(await keys(sql`select id::text as k from sessions`)).toEqual([live, revokedYesterday].sort());
     expect(await keys(sql`select convert_from(token_hash, 'UTF8') as k from refresh_tokens`)).toEqual(["live-current"]);
     void revokedLongAgo;
+  });
+});
+
+// PGlite only: a server runs its own autovacuum, and the service leaves it to it (src/index.ts).
+describe.skipIf(!!process.env.TEST_DATABASE_URL)("embedded maintenance: autovacuum's part, on PGlite", () => {
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await freshDatabase();
+  });
+  afterAll(() => db.drop());
+  const tables = (done: Maintained[]) => done.map((d) => d.table);
+  const auditPlan = async () =>
+    (
+      await rowsOf<{ "QUERY PLAN": string }>(
+        db.db,
+        sql`explain select id from audit_events where handle = 'h-big' order by at desc, seq desc limit 50`,
+      )
+    )
+      .map((r) => r["QUERY PLAN"])
+      .join("\n");
+
+  it("analyzes every table once, then only what changed past autovacuum's threshold (50 + 10% of its rows)", async () => {
+    const first = await maintainTables(db.db);
+    expect(tables(first)).toEqual(expect.arrayContaining(["audit_events", "rate_limit_buckets", "users"]));
+    expect(await maintainTables(db.db)).toEqual([]); // nothing changed since
+    await db.db.execute(sql`insert into rate_limit_buckets (key, tat) select 'few-' || g, now() from generate_series(1, 40) g`);
+    expect(await maintainTables(db.db)).toEqual([]); // 40 changes: under the threshold of 50
+    await db.db.execute(sql`insert into rate_limit_buckets (key, tat) select 'more-' || g, now() from generate_series(1, 20) g`);
+    expect(await maintainTables(db.db)).toEqual([{ table: "rate_limit_buckets", vacuum: false, analyze: true }]);
+  });
+
+  it("vacuums a table once 50 + 20% of its rows are dead", async () => {
+    await db.db.execute(sql`insert into rate_limit_buckets (key, tat) select 'dead-' || g, now() from generate_series(1, 400) g`);
+    await maintainTables(db.db);
+    await db.db.execute(sql`delete from rate_limit_buckets where key like 'dead-%' and right(key, 1) in ('1', '2', '3', '4', '5')`); // 200 dead of 460 (the threshold: 50 + 92)
+    expect(await maintainTables(db.db)).toEqual([{ table: "rate_limit_buckets", vacuum: true, analyze: true }]);
+  });
+
+  it("so the audit log's filters walk an index in order instead of reading and sorting every match", async () => {
+    await db.db.execute(sql`insert into audit_events (id, request_id, action, outcome, handle, at)
+      select gen_random_uuid(), 'r' || g, 'handle.create', 'success', case when g % 3 = 0 then 'h-big' else 'h-' || g end, now() - g * interval '1 second'
+      from generate_series(1, 20000) g`);
+    expect(await auditPlan()).toMatch(/\bSort\b/); // planned as if the table were as small as when last analyzed
+    expect(tables(await maintainTables(db.db))).toContain("audit_events");
+    expect(await auditPlan()).not.toMatch(/\bSort\b/);
   });
 });
