@@ -154,6 +154,20 @@ export class HashingUnavailable extends Error {
   }
 }
 
+/**
+ * Whether a stored hash is weaker than `params`: not argon2id, another version, or memory, time or
+ * parallelism below them. (argon2's own needsRehash is true for any difference, so a hash made
+ * stronger, say before a rollback, would be rewritten weaker; and it ignores the type.)
+ */
+export function weakerThan(hash: string, params: HashParams): boolean {
+  // PHC string: $argon2id$v=19$m=65536,p=1,t=3$salt$hash (argon2 writes the parameters sorted).
+  const m = /^\$(argon2(?:id|i|d))\$v=(\d+)\$([a-z0-9=,]+)\$/.exec(hash);
+  if (!m) return true;
+  const p = Object.fromEntries(m[3]!.split(",").map((kv) => kv.split("=") as [string, string]));
+  const below = (v: string | undefined, min: number) => v === undefined || !/^\d+$/.test(v) || Number(v) < min;
+  return m[1] !== "argon2id" || Number(m[2]) !== 0x13 || below(p.m, params.memoryCost) || below(p.t, params.timeCost) || below(p.p, params.parallelism);
+}
+
 export type PasswordHasher = {
   hash(password: string): Promise<string>;
   /** Verifies; `needsRehash` when the stored parameters are weaker than the current ones. */
@@ -215,7 +229,7 @@ export function createPasswordHasher(opts: {
     hash: (password) => withSlot(() => engine.hash(password, options)),
     async verify(hash, password) {
       const ok = await withSlot(() => engine.verify(hash, password));
-      return { ok, needsRehash: ok && argon2.needsRehash(hash, params) };
+      return { ok, needsRehash: ok && weakerThan(hash, params) };
     },
     async verifyDummy(password) {
       dummy ??= argon2.hash("haltman-bff dummy password", options);

@@ -4,7 +4,7 @@ import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { users } from "../../src/db/schema.js";
 import { AppError } from "../../src/errors.js";
-import { DEFAULT_HASH_PARAMS, createPasswordHasher } from "../../src/services/passwords.js";
+import { DEFAULT_HASH_PARAMS, createPasswordHasher, weakerThan } from "../../src/services/passwords.js";
 import { FAST_HASH, freshDatabase, startService, type TestDatabase } from "../helpers/harness.js";
 import { GENEROUS_LOGIN_LIMITS, createUser } from "./helpers.js";
 
@@ -129,6 +129,30 @@ describe("rehash at login when the parameters were raised", () => {
     } finally {
       await strong.close();
     }
+
+    // Back to the weaker parameters (a rollback): the stronger hash is kept, not rewritten weaker.
+    const rolledBack = await startService({ database, passwords: createPasswordHasher({ params: FAST_HASH }), loginLimits: GENEROUS_LOGIN_LIMITS });
+    try {
+      const strongHash = await storedHash(u.id);
+      expect((await rolledBack.call("POST", "/v1/auth/login", { json: { username: u.username, password: u.password } })).status).toBe(200);
+      expect(await storedHash(u.id)).toBe(strongHash);
+    } finally {
+      await rolledBack.close();
+    }
+  });
+
+  it("judges a stored hash weaker only by a lower m, t or p, another type or version (argon2's needsRehash: any difference)", () => {
+    const at = { memoryCost: 19_456, timeCost: 2, parallelism: 1 };
+    const phc = (type: string, v: number, m: number, p: number, t: number) => `$${type}$v=${v}$m=${m},p=${p},t=${t}$c2FsdHNhbHQ$aGFzaGhhc2g`;
+    expect(weakerThan(phc("argon2id", 19, 19_456, 1, 2), at)).toBe(false);
+    expect(weakerThan(phc("argon2id", 19, 65_536, 4, 3), at)).toBe(false); // stronger: kept
+    expect(weakerThan(phc("argon2id", 19, 19_455, 1, 2), at)).toBe(true);
+    expect(weakerThan(phc("argon2id", 19, 19_456, 1, 1), at)).toBe(true);
+    expect(weakerThan(phc("argon2id", 19, 19_456, 0, 2), at)).toBe(true);
+    expect(weakerThan(phc("argon2i", 19, 65_536, 1, 3), at)).toBe(true); // not argon2id
+    expect(weakerThan(phc("argon2d", 19, 65_536, 1, 3), at)).toBe(true);
+    expect(weakerThan(phc("argon2id", 16, 65_536, 1, 3), at)).toBe(true); // version 1.0
+    expect(weakerThan("not a hash", at)).toBe(true);
   });
 });
 
