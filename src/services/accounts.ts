@@ -3,8 +3,8 @@ import { createHmac } from "node:crypto";
 import { asc, eq, sql } from "drizzle-orm";
 import type { Deps } from "../deps.js";
 import type { Executor } from "../db/client.js";
-import { users, type UserRateLimits, type UserRole } from "../db/schema.js";
-import { AppError, conflict, invalidParams, notFound, rateLimited, unauthorized } from "../errors.js";
+import { sessions, users, type UserRateLimits, type UserRole } from "../db/schema.js";
+import { AppError, conflict, invalidParams, notFound, rateLimited, unauthorized, unavailable } from "../errors.js";
 import { record, type Actor, type RequestMeta } from "./audit.js";
 import { createSession, revokeSessions, rotateRefreshToken } from "./sessions.js";
 
@@ -52,7 +52,7 @@ export async function login(
     { name: "login_account", key: accountBucket(deps, username), policy: deps.loginLimits.perAccount },
     ...(meta.ip ? [{ name: "login_address", key: `login:ip:${meta.ip}`, policy: deps.loginLimits.perAddress }] : []),
   ]);
-  const [user] = await deps.db.select().from(users).where(eq(users.username, username)).limit(1);
+  let [user] = await deps.db.select().from(users).where(eq(users.username, username)).limit(1);
   if (!decision.allowed) {
     deps.metrics.rateLimitRefusals.inc({ reason: "login" });
     await record(deps.db, {
@@ -65,39 +65,56 @@ export async function login(
     throw rateLimited("login", decision.retryAfterS, `too many login attempts; retry in ${Math.max(1, decision.retryAfterS)} s`);
   }
 
-  let ok = false;
-  let needsRehash = false;
-  if (user) {
-    ({ ok, needsRehash } = await deps.passwords.verify(user.passwordHash, input.password));
-  } else {
-    await deps.passwords.verifyDummy(input.password);
-  }
-  if (!user || !ok || user.disabled) {
-    await record(deps.db, {
-      action: "auth.login_failed",
-      outcome: user?.disabled && ok ? "denied" : "invalid",
-      actor: user ? { id: user.id, username: user.username } : null,
-      meta,
-      detail: { reason: !user ? "unknown_user" : !ok ? "wrong_password" : "disabled" },
-    });
-    throw new AppError("invalid_credentials", "unknown user or wrong password");
-  }
+  // The password is checked against the row as read, which may change while it is (a hash takes
+  // a while, and waits its turn in a storm): the session is made only if, under a lock on the row,
+  // the account is still enabled and its hash still the one checked. Else it is judged again
+  // against the row as it is now. A disabling or a password change that commits first is so
+  // obeyed; one that commits after waits for the lock and then revokes the new session with the rest.
+  for (let round = 0; ; round++) {
+    let ok = false;
+    let needsRehash = false;
+    if (user) {
+      ({ ok, needsRehash } = await deps.passwords.verify(user.passwordHash, input.password));
+    } else {
+      await deps.passwords.verifyDummy(input.password);
+    }
+    if (!user || !ok || user.disabled) {
+      await record(deps.db, {
+        action: "auth.login_failed",
+        outcome: user?.disabled && ok ? "denied" : "invalid",
+        actor: user ? { id: user.id, username: user.username } : null,
+        meta,
+        detail: { reason: !user ? "unknown_user" : !ok ? "wrong_password" : "disabled" },
+      });
+      throw new AppError("invalid_credentials", "unknown user or wrong password");
+    }
+    const checked = user;
 
-  // Parameters were raised since this hash was made: upgrade it while we hold the password.
-  const newHash = needsRehash ? await deps.passwords.hash(input.password) : undefined;
-  const { sessionId, refreshToken } = await deps.db.transaction(async (tx) => {
-    if (newHash) await tx.update(users).set({ passwordHash: newHash, updatedAt: new Date() }).where(eq(users.id, user.id));
-    const s = await createSession(tx, { userId: user.id, refreshTtlS: deps.config.refreshTokenTtlS, ip: meta.ip, userAgent: meta.userAgent });
-    await record(tx, {
-      action: "auth.login",
-      outcome: "success",
-      actor: { id: user.id, username: user.username },
-      meta,
-      detail: { session_id: s.sessionId, ...(newHash ? { rehashed: true } : {}) },
+    // Parameters were raised since this hash was made: upgrade it while we hold the password.
+    const newHash = needsRehash ? await deps.passwords.hash(input.password) : undefined;
+    const made = await deps.db.transaction(async (tx) => {
+      const [now] = await tx
+        .select({ passwordHash: users.passwordHash, disabled: users.disabled })
+        .from(users)
+        .where(eq(users.id, checked.id))
+        .for(newHash ? "update" : "share")
+        .limit(1);
+      if (!now || now.disabled || now.passwordHash !== checked.passwordHash) return undefined;
+      if (newHash) await tx.update(users).set({ passwordHash: newHash, updatedAt: new Date() }).where(eq(users.id, checked.id));
+      const s = await createSession(tx, { userId: checked.id, refreshTtlS: deps.config.refreshTokenTtlS, ip: meta.ip, userAgent: meta.userAgent });
+      await record(tx, {
+        action: "auth.login",
+        outcome: "success",
+        actor: { id: checked.id, username: checked.username },
+        meta,
+        detail: { session_id: s.sessionId, ...(newHash ? { rehashed: true } : {}) },
+      });
+      return s;
     });
-    return s;
-  });
-  return pair(deps, user, sessionId, refreshToken);
+    if (made) return pair(deps, checked, made.sessionId, made.refreshToken);
+    if (round === 2) throw unavailable("the account kept changing while this login was checked; nothing was changed, try again");
+    [user] = await deps.db.select().from(users).where(eq(users.id, checked.id)).limit(1);
+  }
 }
 
 /**
@@ -153,7 +170,7 @@ export async function changePassword(
   meta: RequestMeta,
   input: { current_password: string; new_password: string },
 ): Promise<void> {
-  const [user] = await deps.db.select().from(users).where(eq(users.id, actor.id)).limit(1);
+  let [user] = await deps.db.select().from(users).where(eq(users.id, actor.id)).limit(1);
   if (!user) throw unauthorized();
   // A stolen access token must not become a way to guess the password at hashing speed.
   const decision = await deps.limiter.decide([{ name: "login_account", key: accountBucket(deps, user.username), policy: deps.loginLimits.perAccount }]);
@@ -162,19 +179,39 @@ export async function changePassword(
     await record(deps.db, { action: "auth.password_change", outcome: "rate_limited", actor, meta });
     throw rateLimited("login", decision.retryAfterS, `too many password attempts; retry in ${Math.max(1, decision.retryAfterS)} s`);
   }
-  const { ok } = await deps.passwords.verify(user.passwordHash, input.current_password);
-  if (!ok) {
-    await record(deps.db, { action: "auth.password_change", outcome: "invalid", actor, meta, detail: { reason: "wrong_current_password" } });
-    throw invalidParams("current_password", "current_password is wrong");
+  // As at login: the change is made only if, under a lock on the row, the hash the current
+  // password was checked against is still the user's, and the acting session was not revoked
+  // meanwhile (by another change of the password, say); else it is judged again.
+  for (let round = 0; ; round++) {
+    const checked = user;
+    const { ok } = await deps.passwords.verify(checked.passwordHash, input.current_password);
+    if (!ok) {
+      await record(deps.db, { action: "auth.password_change", outcome: "invalid", actor, meta, detail: { reason: "wrong_current_password" } });
+      throw invalidParams("current_password", "current_password is wrong");
+    }
+    const hash = await deps.passwords.hash(input.new_password);
+    const done = await deps.db.transaction(async (tx) => {
+      const [now] = await tx.select({ passwordHash: users.passwordHash }).from(users).where(eq(users.id, actor.id)).for("update").limit(1);
+      const [session] = await tx.select({ revokedAt: sessions.revokedAt }).from(sessions).where(eq(sessions.id, actor.sessionId)).limit(1);
+      if (!now || !session || session.revokedAt) return { kind: "revoked" as const };
+      if (now.passwordHash !== checked.passwordHash) return { kind: "changed" as const };
+      await tx.update(users).set({ passwordHash: hash, updatedAt: new Date() }).where(eq(users.id, actor.id));
+      const n = await revokeSessions(tx, { userId: actor.id, except: actor.sessionId }, "password_change");
+      await record(tx, { action: "auth.password_change", outcome: "success", actor, meta, detail: { sessions_revoked: n } });
+      return { kind: "changed_it" as const, revoked: n };
+    });
+    if (done.kind === "changed_it") {
+      if (done.revoked > 0) deps.sessions.forgetUser(actor.id);
+      return;
+    }
+    if (done.kind === "revoked") {
+      deps.sessions.forget(actor.sessionId);
+      throw unauthorized("this session was revoked");
+    }
+    if (round === 2) throw unavailable("the account kept changing while this change was checked; nothing was changed, try again");
+    [user] = await deps.db.select().from(users).where(eq(users.id, actor.id)).limit(1);
+    if (!user) throw unauthorized();
   }
-  const hash = await deps.passwords.hash(input.new_password);
-  const revoked = await deps.db.transaction(async (tx) => {
-    await tx.update(users).set({ passwordHash: hash, updatedAt: new Date() }).where(eq(users.id, actor.id));
-    const n = await revokeSessions(tx, { userId: actor.id, except: actor.sessionId }, "password_change");
-    await record(tx, { action: "auth.password_change", outcome: "success", actor, meta, detail: { sessions_revoked: n } });
-    return n;
-  });
-  if (revoked > 0) deps.sessions.forgetUser(actor.id);
 }
 
 // ---- users (admin) ------------------------------------------------------------------------------
