@@ -29,10 +29,11 @@ const UNAVAILABLE_CODES = new Set([
   "25006", // read_only_sql_transaction: a replica or a read-only database
   "40P01", // deadlock_detected: PostgreSQL broke a lock cycle; the request may be retried
   "40001", // serialization_failure: likewise
+  "55P03", // lock_not_available: a lock_timeout set on the role or database expired
   "42P01", // undefined_table: a store taken away (a botched migration or restore) is down, not a bug of the request
   "42883", // undefined_function: likewise (a database of another version)
 ]);
-const UNAVAILABLE_CLASSES = ["08", "53", "57"]; // connection, resources, operator intervention
+const UNAVAILABLE_CLASSES = ["08", "53", "57", "58"]; // connection, resources, operator intervention, system (I/O) errors
 
 export function isDatabaseUnavailable(err: unknown): boolean {
   for (let e = err, i = 0; e && i < 5; e = (e as { cause?: unknown }).cause, i++) {

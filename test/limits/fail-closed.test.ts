@@ -71,6 +71,8 @@ describe("the limiter's storage unavailable", () => {
   for (const [what, errcode, message] of [
     ["disk full", "disk_full", "could not extend file: No space left on device"],
     ["a statement timeout", "query_canceled", "canceling statement due to statement timeout"],
+    ["a lock timeout", "lock_not_available", "canceling statement due to lock timeout"],
+    ["an I/O error", "io_error", "could not read block 0 in file: Input/output error"],
   ] as const) {
     it(`every decision failing with ${what} (${errcode}): 503, nothing upstream; repaired: 200`, async () => {
       await exec(`create or replace function limits_test_fail() returns trigger language plpgsql as $$
