@@ -1,5 +1,6 @@
 // The only module that reads process.env. Everything else receives a frozen Config.
 import { isIP } from "node:net";
+import { Keyring, KeyringError } from "./crypto/keyring.js";
 
 export type RatePolicy = {
   /** how many calls fit in one period */
@@ -144,8 +145,9 @@ export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolea
   };
 
   const databaseUrl = get("DATABASE_URL");
-  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
-    bad("DATABASE_URL", "expected a postgres:// or postgresql:// URL");
+  if (databaseUrl !== undefined) {
+    const why = /^postgres(ql)?:\/\//.test(databaseUrl) ? postgresUrlProblem(databaseUrl) : "expected a postgres:// or postgresql:// URL";
+    if (why) bad("DATABASE_URL", why);
   }
 
   const host = get("HOST") ?? "127.0.0.1";
@@ -169,8 +171,16 @@ export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolea
   if (keyring === undefined && databaseUrl !== undefined && (opts.needsKeyring ?? true)) {
     bad("VAULT_KEYRING", "required when DATABASE_URL is set (entries id:base64-of-32-bytes, comma separated)");
   }
-  // The keyring's own syntax is checked where it is parsed (crypto/keyring.ts), with the same
-  // one-line-per-problem rule, so that its material never passes through an error message here.
+  // Its syntax is judged by its own parser (crypto/keyring.ts), whose problems name entries by
+  // position and id only: the material never reaches a message.
+  if (keyring !== undefined) {
+    try {
+      Keyring.parse(keyring);
+    } catch (err) {
+      if (!(err instanceof KeyringError)) throw err;
+      for (const p of err.problems) bad("VAULT_KEYRING", p);
+    }
+  }
 
   const adminUser = get("BOOTSTRAP_ADMIN_USERNAME");
   const adminPass = get("BOOTSTRAP_ADMIN_PASSWORD");
@@ -189,7 +199,11 @@ export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolea
   if ((botToken === undefined) !== (botSource === undefined)) {
     bad(botToken === undefined ? "HALTMAN_BOT_TOKEN" : "HALTMAN_BOT_SOURCE", "set both HALTMAN_BOT_TOKEN and HALTMAN_BOT_SOURCE, or neither");
   } else if (botToken !== undefined && botSource !== undefined) {
-    if (/[\r\n\0]/.test(botToken) || /[\r\n\0]/.test(botSource)) bad("HALTMAN_BOT_TOKEN", "must be a single line");
+    // Sent as header values: visible ASCII, spaces only between (undici refuses the rest, and
+    // every proxied call would fail).
+    const headerValue = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
+    if (!headerValue.test(botToken)) bad("HALTMAN_BOT_TOKEN", "expected visible ASCII characters (spaces only between them), as an HTTP header carries");
+    if (!headerValue.test(botSource)) bad("HALTMAN_BOT_SOURCE", "expected visible ASCII characters (spaces only between them), as an HTTP header carries");
     haltmanBot = { token: botToken, source: botSource };
   }
 
@@ -266,4 +280,38 @@ export const USERNAME_RE = /^[a-z0-9._-]{3,64}$/;
  */
 export function normaliseUsername(raw: string): string | undefined {
   return /^[A-Za-z0-9._-]{3,64}$/.test(raw) ? raw.toLowerCase() : undefined;
+}
+
+/**
+ * Why postgres.js could not read this URL, or undefined. It takes the hosts (several, comma
+ * separated) and the credentials percent-decoded, and the rest through the WHATWG URL parser:
+ * the same steps here, so that a bad URL is a line of the config report, not a stack at start.
+ * Never the URL itself in the answer: it may hold a password.
+ */
+export function postgresUrlProblem(url: string): string | undefined {
+  const authority = url.slice(url.indexOf("://") + 3).split(/[?/]/)[0]!;
+  const at = authority.lastIndexOf("@");
+  let hosts: string;
+  try {
+    hosts = decodeURIComponent(authority.slice(at + 1));
+  } catch {
+    return "its host part is not valid percent-encoding";
+  }
+  for (const h of hosts.split(",")) {
+    const port = /:(\d*)$/.exec(h)?.[1];
+    if (port !== undefined && port !== "" && !(Number(port) >= 1 && Number(port) <= 65535)) return "a port must be 1 to 65535";
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url.replace(hosts, hosts.split(",")[0]!));
+  } catch {
+    return "not a URL (check the host and port)";
+  }
+  try {
+    decodeURIComponent(parsed.username);
+    decodeURIComponent(parsed.password);
+  } catch {
+    return "its user name or password is not valid percent-encoding (write % as %25)";
+  }
+  return undefined;
 }

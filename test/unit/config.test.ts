@@ -111,10 +111,20 @@ describe("loadConfig defaults", () => {
   });
 });
 
+const GOOD_KEYRING = `k1:${Buffer.alloc(32, 3).toString("base64")}`;
+
 describe("bad values", () => {
   const SECRET = "Zebra7SecretValue";
   const bad: [string, Record<string, string>][] = [
-    ["DATABASE_URL", { DATABASE_URL: `mysql://user:${SECRET}@db/x`, VAULT_KEYRING: "k1:x" }],
+    ["DATABASE_URL", { DATABASE_URL: `mysql://user:${SECRET}@db/x`, VAULT_KEYRING: GOOD_KEYRING }],
+    // what postgres.js cannot read (it threw at start, with a stack, exit 1)
+    ["DATABASE_URL", { DATABASE_URL: `postgres://app:pa%zz${SECRET}@127.0.0.1:5432/db`, VAULT_KEYRING: GOOD_KEYRING }],
+    ["DATABASE_URL", { DATABASE_URL: `postgres://app:${SECRET}@127.0.0.1:99999/db`, VAULT_KEYRING: GOOD_KEYRING }],
+    ["DATABASE_URL", { DATABASE_URL: `postgres://app:${SECRET}@h1:5432,h2:0/db`, VAULT_KEYRING: GOOD_KEYRING }],
+    ["DATABASE_URL", { DATABASE_URL: `postgres://app:${SECRET}@bad host/db`, VAULT_KEYRING: GOOD_KEYRING }],
+    // the keyring's syntax is reported with the rest (by position and id, never its material)
+    ["VAULT_KEYRING", { VAULT_KEYRING: `k1:${SECRET}` }],
+    ["VAULT_KEYRING", { VAULT_KEYRING: `${GOOD_KEYRING},${GOOD_KEYRING}` }],
     ["HOST", { HOST: `bad host ${SECRET}!` }],
     ["PORT", { PORT: `${SECRET}` }],
     ["PORT", { PORT: "70000" }],
@@ -148,6 +158,11 @@ describe("bad values", () => {
     ["HALTMAN_BOT_TOKEN", { HALTMAN_BOT_SOURCE: `src-${SECRET}` }],
     ["HALTMAN_BOT_SOURCE", { HALTMAN_BOT_TOKEN: `tok-${SECRET}` }],
     ["HALTMAN_BOT_TOKEN", { HALTMAN_BOT_TOKEN: `tok\n${SECRET}`, HALTMAN_BOT_SOURCE: "src" }],
+    ["HALTMAN_BOT_SOURCE", { HALTMAN_BOT_TOKEN: "tok", HALTMAN_BOT_SOURCE: `team\n${SECRET}` }],
+    // what no HTTP header carries: undici refused it on every proxied call (502)
+    ["HALTMAN_BOT_SOURCE", { HALTMAN_BOT_TOKEN: "tok", HALTMAN_BOT_SOURCE: `team\u2192${SECRET}` }],
+    ["HALTMAN_BOT_TOKEN", { HALTMAN_BOT_TOKEN: `tok\x7f${SECRET}`, HALTMAN_BOT_SOURCE: "src" }],
+    ["HALTMAN_BOT_TOKEN", { HALTMAN_BOT_TOKEN: ` ${SECRET}`, HALTMAN_BOT_SOURCE: "src" }],
     ["VAULT_KEYRING", { DATABASE_URL: `postgres://user:${SECRET}@db/x` }],
   ];
 
@@ -186,6 +201,10 @@ describe("bad values", () => {
     expect(problemsOf({ DATABASE_URL: "postgresql://db/x", VAULT_KEYRING: `k1:${Buffer.alloc(32).toString("base64")}` })).toEqual([]);
     // embedded mode needs none
     expect(problemsOf({})).toEqual([]);
+    // what postgres.js reads: several hosts, IPv6, percent-encoded credentials, an empty port
+    for (const url of ["postgres://u:p%40ss@h1:5432,h2:5433/db", "postgres://[::1]:5432/db", "postgres://u@db:/x?sslmode=require"]) {
+      expect(problemsOf({ DATABASE_URL: url, VAULT_KEYRING: GOOD_KEYRING }), url).toEqual([]);
+    }
   });
 
   it("a command that needs no keyring (migrate) takes DATABASE_URL without one", () => {
