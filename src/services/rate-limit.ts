@@ -184,13 +184,22 @@ export async function sweepBuckets(ex: Executor): Promise<number> {
 /** Bucket states without deciding anything (for answers given before the limits are asked). */
 export async function peekStates(ex: Executor, buckets: Bucket[]): Promise<BucketState[]> {
   if (buckets.length === 0) return [];
-  const rows = await rowsOf<{ key: string; wait_ms: number }>(
+  const rows = await rowsOf<{ key: string; wait_ms: number; t_ms: number | null }>(
     ex,
-    sql`select key, greatest(extract(epoch from tat - now()) * 1000, 0)::float8 as wait_ms from rate_limit_buckets
+    sql`select key, greatest(extract(epoch from tat - now()) * 1000, 0)::float8 as wait_ms, t_ms from rate_limit_buckets
         where key in (${sql.join(buckets.map((b) => sql`${b.key}`), sql`, `)})`,
   );
-  const byKey = new Map(rows.map((r) => [r.key, Number(r.wait_ms)]));
-  return buckets.map((b) => stateOf(b, byKey.get(b.key) ?? 0));
+  const byKey = new Map(rows.map((r) => [r.key, r]));
+  return buckets.map((b) => {
+    const row = byKey.get(b.key);
+    if (!row) return stateOf(b, 0);
+    // Counted under another emission interval (the policy changed since): the backlog as the next
+    // decision will rescale it (rate_limit_decide()), so that the calls made still count.
+    const t = interval(b.policy);
+    const tMs = row.t_ms === null ? null : Number(row.t_ms);
+    const wait = Number(row.wait_ms);
+    return stateOf(b, tMs !== null && Math.abs(tMs - t) > 1e-9 * t ? (wait * t) / tMs : wait);
+  });
 }
 
 /** A bucket whose TAT is `waitMs` ahead of now: how many calls fit, and when it is full again. */

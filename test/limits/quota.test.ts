@@ -142,6 +142,24 @@ describe("admin override (PATCH /v1/admin/users/:id rate_limits)", () => {
     expect(again.status, `2 calls in the last minute under the default 5/min: ${again.text}; RateLimit ${again.headers.get("ratelimit")}`).toBe(200);
     expect(remaining(again, "user")).toBe(2);
   });
+
+  // An answer that decides nothing (a refusal for bad input) reads the buckets as they are: they
+  // must be read as the next decision will count them, rescaled to the policy now in force.
+  it("the RateLimit of an answer that decides nothing counts the calls made under the old policy", async () => {
+    const u = await userWithKey();
+    const invalid = () => svc.call("POST", "/api/handle/create", { token: u.token, json: { handle: "" } });
+    expect((await sequence(u.token, 2)).map((r) => r.status)).toEqual([200, 200]); // under the default 5/min
+    await setOverride(u.id, "2/min");
+    const peeked = await invalid();
+    expect(peeked.status).toBe(400);
+    expect(readRateHeaders(peeked.headers).policies.get("user")).toEqual({ q: 2, w: 60 });
+    expect(remaining(peeked, "user")).toBe(0); // and the next call is indeed refused
+    expect((await create(u.token)).status).toBe(429);
+    await setOverride(u.id, "100/min");
+    const raised = await invalid();
+    expect(remaining(raised, "user")).toBe(98); // 2 calls made: 98 of 100 left, whatever 2/min had made of them
+    expect((await create(u.token)).status).toBe(200);
+  });
 });
 
 describe("a refused call spends no quota", () => {
