@@ -1,12 +1,11 @@
 // Entry: config -> dependencies -> serve(createApp(deps)); graceful shutdown on SIGTERM/SIGINT.
-import { serve } from "@hono/node-server";
-import type { Server } from "node:http";
 import { createApp } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { KeyringError } from "./crypto/keyring.js";
 import { createDeps } from "./deps.js";
 import { exitOnFault } from "./fatal.js";
 import { createLogger, describeError } from "./log.js";
+import { listen } from "./http/server.js";
 import { maintainTables } from "./db/maintenance.js";
 import { sweepIdempotencyKeys } from "./services/idempotency.js";
 import { sweepBuckets, sweepPauses } from "./services/rate-limit.js";
@@ -32,16 +31,13 @@ async function main() {
   await ensureFirstAdmin(deps, (text) => process.stdout.write(text + "\n"));
 
   const app = createApp(deps);
-  const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
+  const server = listen(app.fetch, { hostname: config.host, port: config.port }, (info) => {
     log.info({ host: info.address, port: info.port, database: database.kind }, "listening");
-  }) as Server;
+  });
   server.on("error", (err: NodeJS.ErrnoException) => {
     log.fatal({ err: describeError(err), host: config.host, port: config.port }, err.code === "EADDRINUSE" ? "the address is in use" : "the server failed");
     process.exit(1);
   });
-  server.keepAliveTimeout = 65_000; // longer than common load balancers' idle timeout
-  server.headersTimeout = 20_000;
-  server.requestTimeout = 60_000;
 
   // Housekeeping: rows that no longer change any decision (full buckets, spent idempotency keys,
   // pauses in the past). Any instance may run it; the statements are idempotent. On PGlite, which

@@ -1,6 +1,5 @@
 // Builds the real app on a real database (a fresh copy per call) behind a real HTTP server on
 // loopback. No module mocks: tests only choose configuration and dependencies, as index.ts does.
-import { serve } from "@hono/node-server";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
@@ -8,6 +7,7 @@ import type { Server } from "node:http";
 import { sql } from "drizzle-orm";
 import { inject } from "vitest";
 import { createApp } from "../../src/app.js";
+import { listen } from "../../src/http/server.js";
 import { loadConfig, type Config } from "../../src/config.js";
 import { Keyring } from "../../src/crypto/keyring.js";
 import { openPglite, openPostgres, type Database } from "../../src/db/client.js";
@@ -170,7 +170,7 @@ export async function startService(opts: {
   await ensureFirstAdmin(deps, () => {});
   const app = createApp(deps);
   const server = await new Promise<Server>((resolve) => {
-    const s = serve({ fetch: app.fetch, hostname: "127.0.0.1", port: 0 }, () => resolve(s as Server)) as Server;
+    const s = listen(app.fetch, { hostname: "127.0.0.1", port: 0 }, () => resolve(s));
   });
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 

@@ -1,5 +1,6 @@
 // X-Request-Id on every answer (kept when well-formed, else replaced), the unknown-route 404, and
 // the request id carried into the audit record.
+import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { expectErrorBody, startService, type Service } from "../helpers/harness.js";
 import { raw } from "./raw.js";
@@ -99,5 +100,38 @@ describe("unknown routes", () => {
     const r = await svc.call(method, path, { token: svc.admin.token });
     expectErrorBody(r, 404, "not_found");
     expect(r.headers.get("content-type")).toMatch(/^application\/json/);
+  });
+});
+
+describe("a request Node's parser refuses before any route", () => {
+  /** Writes `bytes` on a fresh socket and reads until the server closes it. */
+  const onSocket = (bytes: string) =>
+    new Promise<string>((resolve, reject) => {
+      const { port } = new URL(svc.url);
+      const socket = connect(Number(port), "127.0.0.1", () => socket.end(bytes));
+      const parts: Buffer[] = [];
+      socket.on("data", (d: Buffer) => parts.push(d));
+      socket.on("close", () => resolve(Buffer.concat(parts).toString("utf8")));
+      socket.on("error", reject);
+    });
+
+  it.each([
+    ["a header line without a colon", "GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header y\r\n\r\n"],
+    ["a Content-Length that is not a number", "POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"],
+    ["no Host header (HTTP/1.1 requires one)", "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", "Host"],
+  ])("%s: 400 with the contract's JSON body and an X-Request-Id", async (_, bytes, field = "request") => {
+    const answer = await onSocket(bytes);
+    const [head, body] = answer.split("\r\n\r\n");
+    expect(head).toMatch(/^HTTP\/1\.1 400 /);
+    const id = /\r\nx-request-id: ([^\r]+)/i.exec(head!)?.[1];
+    expect(id).toMatch(ID_RE);
+    expect(head).toMatch(/\r\ncontent-type: application\/json/i);
+    expect(JSON.parse(body!)).toEqual({ error: "invalid_params", field, message: expect.any(String), request_id: id });
+  });
+
+  it("headers over Node's limit keep Node's own 431 (the one answer without an id)", async () => {
+    const answer = await onSocket(`GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 431 /);
+    expect(answer.toLowerCase()).not.toContain("x-request-id");
   });
 });

@@ -1,7 +1,9 @@
 import { getConnInfo } from "@hono/node-server/conninfo";
 import { randomUUID } from "node:crypto";
 import { isIP } from "node:net";
+import type { IncomingMessage } from "node:http";
 import type { Context, MiddlewareHandler } from "hono";
+import { AppError } from "../../errors.js";
 import type { Deps } from "../../deps.js";
 import { lazyChild } from "../../log.js";
 import type { AppEnv, RequestMeta } from "../env.js";
@@ -21,6 +23,12 @@ export function requestContext(deps: Deps): MiddlewareHandler<AppEnv> {
     c.set("clientIp", clientIp(c, deps.config.trustProxy));
     c.set("log", lazyChild(deps.log, { request_id: requestId }));
     c.header("X-Request-Id", requestId);
+    // Node's own check of this answers a bare 400 before any route (the server is made without
+    // it, http/server.ts, so that the answer is ours).
+    const http = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
+    if (http?.httpVersion === "1.1" && http.headers.host === undefined) {
+      throw new AppError("invalid_params", "an HTTP/1.1 request must carry a Host header", { field: "Host" });
+    }
     await next();
     // onError's response replaces the one above; set again so it is on every answer.
     c.res.headers.set("X-Request-Id", requestId);
