@@ -54,6 +54,27 @@ const COMMANDS = ["migrate", "user add", "user passwd", "vault status", "vault r
 type Command = (typeof COMMANDS)[number];
 const isCommand = (s: string): s is Command => (COMMANDS as readonly string[]).includes(s);
 
+/**
+ * A command's arguments, judged before anything else is read: `user add` and `user passwd` take
+ * exactly one username, `user add` also `--role X` or `--role=X` (anywhere); the others nothing.
+ * Anything else is refused with the usage (exit 2), so that a misplaced option is never taken for
+ * a name, nor ignored.
+ */
+function argumentsOf(command: Command, rest: string[]): { username?: string; role?: string } {
+  const names: string[] = [];
+  let role: string | undefined;
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i]!;
+    if (command === "user add" && a === "--role" && i + 1 < rest.length) role = rest[++i];
+    else if (command === "user add" && a.startsWith("--role=")) role = a.slice("--role=".length);
+    else if (a.startsWith("-")) fail(`${command}: unknown option ${a.slice(0, 40)}\n\n${USAGE}`);
+    else names.push(a);
+  }
+  const wanted = command === "user add" || command === "user passwd" ? 1 : 0;
+  if (names.length !== wanted) fail(`${command}: expected ${wanted === 1 ? "one username" : "no arguments"}\n\n${USAGE}`);
+  return { ...(wanted === 1 ? { username: names[0]! } : {}), ...(role !== undefined ? { role } : {}) };
+}
+
 async function main(argv: string[]) {
   const [cmd, sub, ...rest] = argv;
   if (!cmd || cmd === "help" || cmd === "--help") {
@@ -64,6 +85,7 @@ async function main(argv: string[]) {
   // told as a typo, not as the configuration it would have needed.
   const command = cmd === "migrate" ? cmd : `${cmd} ${sub ?? ""}`;
   if (!isCommand(command)) fail(USAGE);
+  const args = argumentsOf(command, rest);
   const config = loadConfig(process.env, { needsKeyring: command !== "migrate" });
   const log = createLogger(config.logLevel === "info" ? "warn" : config.logLevel);
   // A fault outside main's promise (a socket's error event, a stray rejection) would otherwise get
@@ -87,10 +109,9 @@ async function main(argv: string[]) {
     const db = database.db;
     switch (command) {
       case "user add": {
-        const username = normaliseUsername(rest[0] ?? "");
+        const username = normaliseUsername(args.username!);
         if (username === undefined) fail("user add: the username must be 3 to 64 of a-z 0-9 . _ -");
-        const roleAt = rest.indexOf("--role");
-        const role = roleAt >= 0 ? rest[roleAt + 1] : "member";
+        const role = args.role ?? "member";
         if (role !== "admin" && role !== "member") fail("user add: --role is admin or member");
         const password = await readPassword(`password for ${username}: `);
         const n = passwordLength(password);
@@ -100,7 +121,7 @@ async function main(argv: string[]) {
         return;
       }
       case "user passwd": {
-        const username = (rest[0] ?? "").toLowerCase();
+        const username = args.username!.toLowerCase();
         const [u] = await db.select().from(users).where(eq(users.username, username)).limit(1);
         if (!u) fail(`user passwd: no user named "${username}"`);
         const password = await readPassword(`new password for ${username}: `);

@@ -168,6 +168,16 @@ describe("the service process", () => {
       expect(add.stdout).toMatch(/created admin alice/);
       const dup = await cli(["user", "add", "alice"], env, "another password\n");
       expect(dup.code).not.toBe(0);
+      // the option anywhere, in either form; never taken for the name, nor ignored
+      const before = await cli(["user", "add", "--role", "admin", "bob"], env, "a long password\n");
+      expect(before.stdout, before.stderr).toMatch(/created admin bob/);
+      const joined = await cli(["user", "add", "carol", "--role=admin"], env, "a long password\n");
+      expect(joined.stdout, joined.stderr).toMatch(/created admin carol/);
+      for (const args of [["user", "add", "dave", "--rol", "admin"], ["user", "add", "dave", "erin"], ["user", "add"], ["user", "passwd", "alice", "--force"], ["vault", "status", "now"]]) {
+        const r = await cli(args, env, "a long password\n");
+        expect(r.code, args.join(" ")).toBe(2);
+        expect(r.stdout, args.join(" ")).not.toMatch(/created/);
+      }
       const short = await cli(["user", "passwd", "alice"], env, "short\n");
       expect(short.code, "7 characters are refused").toBe(2);
       const reset = await cli(["user", "passwd", "alice"], env, "second password\n");
