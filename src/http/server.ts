@@ -1,7 +1,7 @@
 // The HTTP server's own settings, shared by the entry point and the tests' services.
 import { serve } from "@hono/node-server";
 import { randomUUID } from "node:crypto";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import type { Server } from "node:http";
 import type { Duplex } from "node:stream";
 
@@ -27,8 +27,9 @@ export function configureServer(server: Server): void {
   server.headersTimeout = 20_000;
   server.requestTimeout = 60_000;
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => {
-    const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
-    if (!socket.writable || inFlight?.headersSent) {
+    // As Node's own handler: an answer only on a socket nothing was written to yet (else this is,
+    // say, the rest of a body sent after our 413 and its Connection: close).
+    if (!socket.writable || (socket as Socket).bytesWritten > 0) {
       socket.destroy();
       return;
     }

@@ -16,8 +16,8 @@ const tooLarge = (max: number) => new AppError("payload_too_large", `request bod
  */
 export function readBody(maxBytes: number): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
-    const method = c.req.method;
-    if (method === "GET" || method === "HEAD" || method === "OPTIONS") return next();
+    // Every method: a GET with a body is still a body, and the limit holds for it (else Node would
+    // read and drop any amount of it).
     const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
     let bytes: Uint8Array;
     if (incoming) {
