@@ -42,7 +42,13 @@ export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) 
         ]),
       ),
     });
-  const Status = z.object({ status: z.string(), reason: z.string().optional() });
+  const Status = z.object({
+    status: z.string(),
+    reason: z.string().optional(),
+    error: z.string().optional(),
+    message: z.string().optional(),
+    request_id: z.string().optional(),
+  });
   doc("/healthz", "The process lives", { 200: { description: "alive", schema: Status } });
   doc("/readyz", "The database answers and is migrated", { 200: { description: "ready", schema: Status }, 503: { description: "not ready", schema: Status } });
   doc("/metrics", "Prometheus metrics", { 200: { description: "Prometheus text format", schema: z.string(), type: "text/plain" } });
@@ -53,12 +59,15 @@ export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) 
   app.get("/healthz", (c) => c.json({ status: "ok" }));
 
   app.get("/readyz", async (c) => {
+    // Not ready is an error answer like any other (the contract's body), with the probe's status.
+    const notReady = (reason: string) =>
+      c.json({ status: "not_ready", reason, error: "unavailable", message: `not ready: ${reason}`, request_id: c.get("requestId") }, 503);
     try {
       if (await isMigrated(c.get("deps").db)) return c.json({ status: "ready" });
-      return c.json({ status: "not_ready", reason: "database not migrated" }, 503);
+      return notReady("database not migrated");
     } catch (err) {
       c.get("log").warn({ err: describeError(err) }, "readiness check failed");
-      return c.json({ status: "not_ready", reason: "database unreachable" }, 503);
+      return notReady("database unreachable");
     }
   });
 
