@@ -46,6 +46,8 @@ type Engine = {
   close(): Promise<void>;
   /** the hashing process, when there is one (tests) */
   pid?(): number | undefined;
+  /** ends the hashing process (what it was doing fails); the next hash starts another */
+  restart?(): void;
 };
 
 const inProcess: Engine = {
@@ -59,19 +61,16 @@ const inProcess: Engine = {
  * again after it ended; a hash in progress when it ends fails (the login answers 503). Passwords
  * go to it over the IPC pipe between the two processes, nowhere else.
  */
-function childProcessEngine(timeoutMs: number): Engine {
+function childProcessEngine(): Engine {
   const here = fileURLToPath(import.meta.url);
   const entry = here.replace(/passwords\.(ts|js)$/, "hash-process.$1");
   let child: ChildProcess | undefined;
   let next = 0;
-  type Pending = { resolve: (v: unknown) => void; reject: (e: unknown) => void; child: ChildProcess; timer: NodeJS.Timeout };
+  type Pending = { resolve: (v: unknown) => void; reject: (e: unknown) => void; child: ChildProcess };
   const pending = new Map<number, Pending>();
   const settle = (id: number) => {
     const p = pending.get(id);
-    if (p) {
-      pending.delete(id);
-      clearTimeout(p.timer);
-    }
+    if (p) pending.delete(id);
     return p;
   };
   /** Fails what was asked of that process (or of any), not of one started since. */
@@ -116,11 +115,7 @@ function childProcessEngine(timeoutMs: number): Engine {
         reject(new HashingUnavailable());
         return;
       }
-      // A hash that takes this long (the machine saturated: the child only gets idle time) is
-      // answered 503 rather than holding the login for ever.
-      const timer = setTimeout(() => settle(id)?.reject(new HashingUnavailable()), timeoutMs);
-      timer.unref();
-      pending.set(id, { resolve: resolve as (v: unknown) => void, reject, child: c, timer });
+      pending.set(id, { resolve: resolve as (v: unknown) => void, reject, child: c });
       c.send({ id, ...msg }, (err) => {
         if (err) settle(id)?.reject(new HashingUnavailable());
       });
@@ -139,6 +134,12 @@ function childProcessEngine(timeoutMs: number): Engine {
       failAll();
     },
     pid: () => child?.pid,
+    restart() {
+      const c = child;
+      child = undefined;
+      if (c && c.exitCode === null) c.kill("SIGKILL");
+      failAll(c);
+    },
   };
 }
 
@@ -195,7 +196,8 @@ export function createPasswordHasher(opts: {
   timeoutMs?: number;
 } = {}): PasswordHasher {
   const params = opts.params ?? DEFAULT_HASH_PARAMS;
-  const engine = opts.isolated ? childProcessEngine(opts.timeoutMs ?? HASH_TIMEOUT_MS) : inProcess;
+  const engine = opts.isolated ? childProcessEngine() : inProcess;
+  const timeoutMs = opts.isolated ? (opts.timeoutMs ?? HASH_TIMEOUT_MS) : undefined;
   const concurrency = opts.concurrency ?? defaultHashConcurrency(opts.isolated);
   const maxWaiting = opts.maxWaiting ?? 64;
   let running = 0;
@@ -211,14 +213,41 @@ export function createPasswordHasher(opts: {
     } else {
       running++;
     }
-    try {
-      return await fn();
-    } finally {
+    // The slot is held until the hash has ended, even past its caller's timeout below: argon2
+    // cannot be stopped, and a slot given to the next hash meanwhile would run more of them at
+    // once than `concurrency` (each with its memory), just when the machine is too busy for them.
+    const work = fn();
+    const free = () => {
       // Hand the slot straight to the next waiter (running stays the same), or free it.
       const next = waiting.shift();
       if (next) next();
       else running--;
-    }
+    };
+    work.then(free, free);
+    if (timeoutMs === undefined) return work;
+    return new Promise<T>((resolve, reject) => {
+      // A hash that takes this long (the machine saturated: the child only gets idle time) is
+      // answered 503 rather than holding the login for ever. One still not done as long again
+      // means a hashing process that no longer answers: it is ended (its hashes fail, their slots
+      // free) and the next hash starts another.
+      const timer = setTimeout(() => {
+        reject(new HashingUnavailable());
+        const wedged = setTimeout(() => engine.restart?.(), timeoutMs);
+        wedged.unref();
+        work.then(() => clearTimeout(wedged), () => clearTimeout(wedged));
+      }, timeoutMs);
+      timer.unref();
+      work.then(
+        (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      );
+    });
   }
 
   const options = { type: argon2.argon2id, ...params } as const;
@@ -232,7 +261,8 @@ export function createPasswordHasher(opts: {
       return { ok, needsRehash: ok && weakerThan(hash, params) };
     },
     async verifyDummy(password) {
-      dummy ??= argon2.hash("haltman-bff dummy password", options);
+      // Made once, where every hash is made (the hashing process, in a slot), not on this thread.
+      dummy ??= withSlot(() => engine.hash("haltman-bff dummy password", options));
       const h = await dummy.catch((err) => {
         dummy = undefined;
         throw err;

@@ -92,6 +92,25 @@ describe("hashing in a low-priority child process", () => {
     expect(await hasher.hash("quick")).toMatch(/^\$argon2id\$/);
   });
 
+  it("a timed-out hash keeps its slot while the process still works on it; a process that stays busy as long again is ended", async () => {
+    const h = createPasswordHasher({ params: { memoryCost: 65_536, timeCost: 40, parallelism: 1 }, isolated: true, timeoutMs: 200, concurrency: 1 });
+    try {
+      const first = h.hash("too slow");
+      await expect(first).rejects.toBeInstanceOf(HashingUnavailable);
+      const pid = h.processId?.();
+      expect(pid).toBeDefined();
+      // the caller has its 503; the hash goes on in the process, and holds the one slot
+      expect(h.stats()).toEqual({ running: 1, waiting: 0 });
+      const second = h.hash("waits its turn");
+      expect(h.stats()).toEqual({ running: 1, waiting: 1 });
+      // 200 ms later the process is ended: the first hash's slot goes to the second (a new process)
+      await expect(second).rejects.toBeInstanceOf(HashingUnavailable); // too slow as well
+      expect(h.processId?.()).not.toBe(pid);
+    } finally {
+      await h.close?.();
+    }
+  });
+
   it("close() ends the process", async () => {
     const h = createPasswordHasher({ params: FAST_HASH, isolated: true });
     await h.hash("x");
