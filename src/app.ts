@@ -8,7 +8,7 @@ import type { Deps } from "./deps.js";
 import { AppError, type ErrorCode } from "./errors.js";
 import type { AppEnv } from "./http/env.js";
 import { readBody } from "./http/middleware/body.js";
-import { requestContext } from "./http/middleware/request-context.js";
+import { requestContext, requireHost } from "./http/middleware/request-context.js";
 import { auditRoutes } from "./http/routes/audit.js";
 import { authRoutes } from "./http/routes/auth.js";
 import { keyRoutes } from "./http/routes/keys.js";
@@ -103,6 +103,8 @@ export function createApp(deps: Deps) {
       }),
     );
   }
+
+  app.use(requireHost());
 
   // First of the contract's checks: the size of the body, counted as it streams in.
   app.use(readBody(MAX_BODY_BYTES));

@@ -20,9 +20,9 @@ import { migrate } from "./db/migrate.js";
 const USAGE = `usage: npm run cli -- <command>
 
   migrate                              apply pending database migrations
-  user add <username> [--role admin|member]
+  user add [--role admin|member] [--] <username>
                                        create a user; the password is read from standard input
-  user passwd <username>               set a user's password (read from standard input) and end their sessions
+  user passwd [--] <username>          set a user's password (read from standard input) and end their sessions
   vault status                         how many sealed items each keyring entry still seals
   vault rotate                         re-seal everything under the first VAULT_KEYRING entry
                                        (in batches; safe to interrupt and run again)
@@ -57,6 +57,7 @@ const isCommand = (s: string): s is Command => (COMMANDS as readonly string[]).i
 /**
  * A command's arguments, judged before anything else is read: `user add` and `user passwd` take
  * exactly one username, `user add` also `--role X` or `--role=X` (anywhere); the others nothing.
+ * `--` ends the options, for a username that starts with "-".
  * Anything else is refused with the usage (exit 2), so that a misplaced option is never taken for
  * a name, nor ignored.
  */
@@ -65,6 +66,10 @@ function argumentsOf(command: Command, rest: string[]): { username?: string; rol
   let role: string | undefined;
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i]!;
+    if (a === "--") {
+      names.push(...rest.slice(i + 1)); // the end of options: a name may start with "-"
+      break;
+    }
     if (command === "user add" && a === "--role" && i + 1 < rest.length) role = rest[++i];
     else if (command === "user add" && a.startsWith("--role=")) role = a.slice("--role=".length);
     else if (a.startsWith("-")) fail(`${command}: unknown option ${a.slice(0, 40)}\n\n${USAGE}`);

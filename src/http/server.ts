@@ -1,7 +1,7 @@
 // The HTTP server's own settings, shared by the entry point and the tests' services.
 import { serve } from "@hono/node-server";
 import { randomUUID } from "node:crypto";
-import type { AddressInfo, Socket } from "node:net";
+import type { AddressInfo } from "node:net";
 import type { Server } from "node:http";
 import type { Duplex } from "node:stream";
 
@@ -27,9 +27,11 @@ export function configureServer(server: Server): void {
   server.headersTimeout = 20_000;
   server.requestTimeout = 60_000;
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => {
-    // As Node's own handler: an answer only on a socket nothing was written to yet (else this is,
-    // say, the rest of a body sent after our 413 and its Connection: close).
-    if (!socket.writable || (socket as Socket).bytesWritten > 0) {
+    // As Node's own handler: no answer once the response in flight has sent its headers (a
+    // keep-alive connection's next request does get one), nor to data sent after a request that
+    // said Connection: close (the rest of a body after our 413, say).
+    const inFlight = (socket as Duplex & { _httpMessage?: { _headerSent?: boolean } | null })._httpMessage;
+    if (!socket.writable || inFlight?._headerSent || err.code === "HPE_CLOSED_CONNECTION") {
       socket.destroy();
       return;
     }
@@ -47,7 +49,7 @@ export function configureServer(server: Server): void {
     socket.end(
       `HTTP/1.1 ${timeout ? "408 Request Timeout" : "400 Bad Request"}\r\n` +
         `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
-        `X-Request-Id: ${requestId}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`,
+        `X-Request-Id: ${requestId}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n${body}`,
     );
   });
 }

@@ -21,7 +21,12 @@ export type Counts = { hash: number; verify: number; verifyDummy: number };
  * The real hasher (FAST_HASH), counting its calls. Setting `delayMs` holds each verification back
  * that long, to show that a response waits for it.
  */
-export type CountingHasher = PasswordHasher & { counts: Counts; delayMs: number };
+export type CountingHasher = PasswordHasher & {
+  counts: Counts;
+  delayMs: number;
+  /** the next verification, once done, calls `entered` and waits for `until` (then it is cleared) */
+  hold?: { entered: () => void; until: Promise<void> };
+};
 
 export function countingHasher(): CountingHasher {
   const inner = createPasswordHasher({ params: FAST_HASH });
@@ -39,6 +44,12 @@ export function countingHasher(): CountingHasher {
     async verify(h, p) {
       counts.verify++;
       const r = await inner.verify(h, p);
+      const hold = self.hold;
+      if (hold) {
+        self.hold = undefined;
+        hold.entered();
+        await hold.until;
+      }
       if (self.delayMs) await sleep(self.delayMs);
       return r;
     },

@@ -1,13 +1,13 @@
 // A password check takes a while (a hash, and its turn in the queue during a login storm). What
 // commits meanwhile decides: a login, or a password change, checked against a row that has since
-// changed is judged again against the row as it is, never made on the old one. `delayMs` holds
-// the first check open while the other change commits.
+// changed is judged again against the row as it is, never made on the old one. The hasher's
+// `hold` keeps the first check open, once done, while the other change commits.
 import argon2 from "argon2";
 import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { users } from "../../src/db/schema.js";
 import { expectErrorBody, startService, type Service } from "../helpers/harness.js";
-import { GENEROUS_LOGIN_LIMITS, auditEvents, countingHasher, createUser, sleep, type CountingHasher } from "./helpers.js";
+import { GENEROUS_LOGIN_LIMITS, auditEvents, countingHasher, createUser, type CountingHasher } from "./helpers.js";
 
 let svc: Service;
 let hasher: CountingHasher;
@@ -19,13 +19,15 @@ afterAll(() => svc.close());
 
 const login = (username: string, password: string) => svc.call("POST", "/v1/auth/login", { json: { username, password } });
 
-/** Starts `slow` with its password check held open, runs `meanwhile` (checked at once), then awaits both. */
+/** Starts `slow`, holds it once its password is checked, runs `meanwhile` to its end, then lets `slow` go on. */
 async function whileChecking<T>(slow: () => Promise<T>, meanwhile: () => Promise<void>): Promise<T> {
-  hasher.delayMs = 600;
+  let release!: () => void;
+  const until = new Promise<void>((r) => (release = r));
+  const entered = new Promise<void>((r) => (hasher.hold = { entered: r, until }));
   const pending = slow();
-  await sleep(150);
-  hasher.delayMs = 0;
+  await entered;
   await meanwhile();
+  release();
   return pending;
 }
 

@@ -127,6 +127,25 @@ describe("a request Node's parser refuses before any route", () => {
     expect(id).toMatch(ID_RE);
     expect(head).toMatch(/\r\ncontent-type: application\/json/i);
     expect(JSON.parse(body!)).toEqual({ error: "invalid_params", field, message: expect.any(String), request_id: id });
+    expect(head).toMatch(/\r\nx-content-type-options: nosniff\r\n/i);
+    expect(head).toMatch(/\r\ncache-control: no-store\r\n/i);
+    if (field === "Host") expect(head).toMatch(/\r\nreferrer-policy: no-referrer\r\n/i); // the app's answer: every answer's headers
+  });
+
+  it("on a keep-alive connection that has served a request already, too", async () => {
+    const { port } = new URL(svc.url);
+    const answer = await new Promise<string>((resolve, reject) => {
+      const s = connect(Number(port), "127.0.0.1", () => {
+        s.write("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        setTimeout(() => s.write("GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header y\r\n\r\n"), 300);
+      });
+      const parts: Buffer[] = [];
+      s.on("data", (d: Buffer) => parts.push(d));
+      s.on("close", () => resolve(Buffer.concat(parts).toString("utf8")));
+      s.on("error", reject);
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer).toMatch(/\}HTTP\/1\.1 400 [^]*"field":"request"/); // right after the 200's body
   });
 
   it("headers over Node's limit keep Node's own 431 (the one answer without an id)", async () => {

@@ -173,6 +173,9 @@ describe("the service process", () => {
       expect(before.stdout, before.stderr).toMatch(/created admin bob/);
       const joined = await cli(["user", "add", "carol", "--role=admin"], env, "a long password\n");
       expect(joined.stdout, joined.stderr).toMatch(/created admin carol/);
+      const dashed = await cli(["user", "add", "--", "-ops"], env, "a long password\n");
+      expect(dashed.stdout, dashed.stderr).toMatch(/created member -ops/);
+      expect((await cli(["user", "passwd", "--", "-ops"], env, "another long password\n")).code).toBe(0);
       for (const args of [["user", "add", "dave", "--rol", "admin"], ["user", "add", "dave", "erin"], ["user", "add"], ["user", "passwd", "alice", "--force"], ["vault", "status", "now"]]) {
         const r = await cli(args, env, "a long password\n");
         expect(r.code, args.join(" ")).toBe(2);

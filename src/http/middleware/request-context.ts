@@ -23,15 +23,24 @@ export function requestContext(deps: Deps): MiddlewareHandler<AppEnv> {
     c.set("clientIp", clientIp(c, deps.config.trustProxy));
     c.set("log", lazyChild(deps.log, { request_id: requestId }));
     c.header("X-Request-Id", requestId);
-    // Node's own check of this answers a bare 400 before any route (the server is made without
-    // it, http/server.ts, so that the answer is ours).
+    await next();
+    // onError's response replaces the one above; set again so it is on every answer.
+    c.res.headers.set("X-Request-Id", requestId);
+  };
+}
+
+/**
+ * An HTTP/1.1 request without Host is refused. Node's own check of this answers a bare 400 before
+ * any route; the server is made without it (http/server.ts) so that the answer is ours, logged and
+ * with the headers of every answer (this runs after those middlewares).
+ */
+export function requireHost(): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
     const http = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
     if (http?.httpVersion === "1.1" && http.headers.host === undefined) {
       throw new AppError("invalid_params", "an HTTP/1.1 request must carry a Host header", { field: "Host" });
     }
     await next();
-    // onError's response replaces the one above; set again so it is on every answer.
-    c.res.headers.set("X-Request-Id", requestId);
   };
 }
 
