@@ -72,7 +72,8 @@ function argumentsOf(command: Command, rest: string[]): { username?: string; rol
     }
     if (command === "user add" && a === "--role" && i + 1 < rest.length) role = rest[++i];
     else if (command === "user add" && a.startsWith("--role=")) role = a.slice("--role=".length);
-    else if (a.startsWith("-")) fail(`${command}: unknown option ${a.slice(0, 40)}\n\n${USAGE}`);
+    // Only the option's name is echoed: `--password=…` must not put a password on the terminal.
+    else if (a.startsWith("-")) fail(`${command}: unknown option ${a.split("=", 1)[0]!.slice(0, 40)}\n\n${USAGE}`);
     else names.push(a);
   }
   const wanted = command === "user add" || command === "user passwd" ? 1 : 0;

@@ -7,6 +7,7 @@ import type { Server } from "node:http";
 import { sql } from "drizzle-orm";
 import { inject } from "vitest";
 import { createApp } from "../../src/app.js";
+import type { AuditEventView } from "../../src/services/audit.js";
 import { listen } from "../../src/http/server.js";
 import { loadConfig, type Config } from "../../src/config.js";
 import { Keyring } from "../../src/crypto/keyring.js";
@@ -97,21 +98,7 @@ export const randomApiKey = () => randomBytes(32).toString("hex");
 export const uniqueName = (prefix = "u") => `${prefix}-${randomBytes(5).toString("hex")}`;
 
 /** An event as GET /v1/audit answers it. */
-export type AuditEvent = {
-  id: string;
-  at: string;
-  request_id: string;
-  actor: { id: string; username: string } | null;
-  action: string;
-  outcome: string;
-  key_id: string | null;
-  handle: string | null;
-  domain: string | null;
-  upstream_status: number | null;
-  ip: string | null;
-  user_agent: string | null;
-  detail: Record<string, unknown> | null;
-};
+export type AuditEvent = AuditEventView;
 
 export type Service = {
   url: string;

@@ -181,6 +181,11 @@ describe("the service process", () => {
         expect(r.code, args.join(" ")).toBe(2);
         expect(r.stdout, args.join(" ")).not.toMatch(/created/);
       }
+      // an option's value is never echoed (it may be a password typed where it does not belong)
+      const leaked = await cli(["user", "add", "frank", "--password=Hunter2-secret"], env, "a long password\n");
+      expect(leaked.code).toBe(2);
+      expect(leaked.stderr).toContain("unknown option --password");
+      expect(leaked.stderr + leaked.stdout).not.toContain("Hunter2-secret");
       const short = await cli(["user", "passwd", "alice"], env, "short\n");
       expect(short.code, "7 characters are refused").toBe(2);
       const reset = await cli(["user", "passwd", "alice"], env, "second password\n");
