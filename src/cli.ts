@@ -14,6 +14,7 @@ import { keyringUsage } from "./services/keyring-usage.js";
 import { rotateKeyring } from "./services/rotation.js";
 import { PASSWORD_MAX, PASSWORD_MIN, createPasswordHasher, passwordLength } from "./services/passwords.js";
 import { revokeSessions } from "./services/sessions.js";
+import { ROTATION_GRACE_S, WAIT_AFTER_MS, rotateSigningKey, signingKeyStates } from "./services/tokens.js";
 import { StartupError, loadKeyring, openDatabase, prepareDatabase } from "./startup.js";
 import { migrate } from "./db/migrate.js";
 
@@ -26,6 +27,10 @@ const USAGE = `usage: npm run cli -- <command>
   vault status                         how many sealed items each keyring entry still seals
   vault rotate                         re-seal everything under the first VAULT_KEYRING entry
                                        (in batches; safe to interrupt and run again)
+  signing-key status                   the access tokens' signing keys, and which one signs
+  signing-key rotate [--now]           a new signing key; the previous ones verify for the access
+                                       tokens' lifetime and a minute more, or with --now (a key
+                                       thought leaked) not at all: frontends refresh their tokens
 `;
 
 const meta = { requestId: `cli-${process.pid}`, ip: null, userAgent: "haltman-bff cli" };
@@ -50,20 +55,22 @@ function fail(message: string): never {
 }
 
 /** The commands, as typed after `npm run cli --`: the one list the usage check and the dispatch share. */
-const COMMANDS = ["migrate", "user add", "user passwd", "vault status", "vault rotate"] as const;
+const COMMANDS = ["migrate", "user add", "user passwd", "vault status", "vault rotate", "signing-key status", "signing-key rotate"] as const;
 type Command = (typeof COMMANDS)[number];
 const isCommand = (s: string): s is Command => (COMMANDS as readonly string[]).includes(s);
 
 /**
  * A command's arguments, judged before anything else is read: `user add` and `user passwd` take
- * exactly one username, `user add` also `--role X` or `--role=X` (anywhere); the others nothing.
+ * exactly one username, `user add` also `--role X` or `--role=X` (anywhere), `signing-key rotate`
+ * `--now`; the others nothing.
  * `--` ends the options, for a username that starts with "-".
  * Anything else is refused with the usage (exit 2), so that a misplaced option is never taken for
  * a name, nor ignored.
  */
-function argumentsOf(command: Command, rest: string[]): { username?: string; role?: string } {
+function argumentsOf(command: Command, rest: string[]): { username?: string; role?: string; now?: true } {
   const names: string[] = [];
   let role: string | undefined;
+  let now = false;
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i]!;
     if (a === "--") {
@@ -72,13 +79,14 @@ function argumentsOf(command: Command, rest: string[]): { username?: string; rol
     }
     if (command === "user add" && a === "--role" && i + 1 < rest.length) role = rest[++i];
     else if (command === "user add" && a.startsWith("--role=")) role = a.slice("--role=".length);
+    else if (command === "signing-key rotate" && a === "--now") now = true;
     // Only the option's name is echoed: `--password=…` must not put a password on the terminal.
     else if (a.startsWith("-")) fail(`${command}: unknown option ${a.split("=", 1)[0]!.slice(0, 40)}\n\n${USAGE}`);
     else names.push(a);
   }
   const wanted = command === "user add" || command === "user passwd" ? 1 : 0;
   if (names.length !== wanted) fail(`${command}: expected ${wanted === 1 ? "one username" : "no arguments"}\n\n${USAGE}`);
-  return { ...(wanted === 1 ? { username: names[0]! } : {}), ...(role !== undefined ? { role } : {}) };
+  return { ...(wanted === 1 ? { username: names[0]! } : {}), ...(role !== undefined ? { role } : {}), ...(now ? { now } : {}) };
 }
 
 async function main(argv: string[]) {
@@ -174,6 +182,43 @@ async function main(argv: string[]) {
         if (report.skipped > 0) {
           process.stderr.write(`${report.skipped} item(s) could not be opened and were left as they are; see \`vault status\`\n`);
           process.exit(1);
+        }
+        return;
+      }
+      case "signing-key status": {
+        const states = await signingKeyStates(db);
+        if (states.length === 0) process.stdout.write("no signing key yet (the service makes one at its first start)\n");
+        const at = Date.now();
+        for (const k of states) {
+          const retired = k.retiredAt !== null && k.retiredAt.getTime() <= at;
+          const until = k.retiredAt && !retired ? ` until ${k.retiredAt.toISOString()}` : "";
+          const state = retired
+            ? `retired ${k.retiredAt!.toISOString()}`
+            : k.signing
+              ? `signing, verifying${until}`
+              : k.createdAt.getTime() > at - WAIT_AFTER_MS
+                ? `published, signing from ${new Date(k.createdAt.getTime() + WAIT_AFTER_MS).toISOString()}`
+                : `verifying${until}`;
+          process.stdout.write(`${k.kid}  created ${k.createdAt.toISOString()}  ${state}  (sealed under "${k.keyringId}")\n`);
+        }
+        return;
+      }
+      case "signing-key rotate": {
+        const keyring = loadKeyring(config, log);
+        const graceS = args.now ? 0 : config.accessTokenTtlS + ROTATION_GRACE_S;
+        const r = await rotateSigningKey(db, keyring, { graceS, meta, via: "cli" });
+        const from = new Date(Date.now() + WAIT_AFTER_MS).toISOString();
+        process.stdout.write(
+          args.now
+            ? `new signing key ${r.kid}; every instance signs with it within ${WAIT_AFTER_MS / 1000} s\n`
+            : `new signing key ${r.kid}: published now, every instance signs with it from ${from}\n`,
+        );
+        for (const k of r.retiring) {
+          process.stdout.write(
+            args.now
+              ? `  ${k.kid} retired: the access tokens it signed are refused (within ${WAIT_AFTER_MS / 1000} s on every instance); frontends refresh them\n`
+              : `  ${k.kid} verifies until ${k.retiresAt.toISOString()}\n`,
+          );
         }
         return;
       }

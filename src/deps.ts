@@ -64,6 +64,7 @@ export async function createDeps(input: {
     issuer: config.jwtIssuer,
     audience: config.jwtAudience,
     accessTtlS: config.accessTokenTtlS,
+    log: input.log,
   });
   const vault = await loadVault(database.db, keyring);
   const metrics = input.metrics ?? createMetrics();

@@ -22,7 +22,8 @@ export type AuditAction =
   | "grant.create"
   | "grant.revoke"
   | "handle.create"
-  | "domain.enable";
+  | "domain.enable"
+  | "signing_key.rotate";
 
 export const AUDIT_OUTCOMES = ["success", "invalid", "denied", "rate_limited", "upstream_refused", "upstream_error", "unknown"] as const;
 export type AuditOutcome = (typeof AUDIT_OUTCOMES)[number];

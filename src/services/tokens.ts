@@ -1,13 +1,22 @@
 // Access tokens: ES256 JWTs signed with a key kept sealed in the database, so every instance signs
-// and verifies with the same key. Refresh tokens are opaque and live in services/sessions.ts.
+// and verifies with the same keys. Refresh tokens are opaque and live in services/sessions.ts.
+//
+// Signing keys rotate (`npm run cli -- signing-key rotate`): a new key is published at once and
+// signs once it is WAIT_AFTER_MS old (every instance knows it by then); an older one verifies
+// until its `retired_at`, then nothing it signed is accepted. Each instance reads the keys again
+// once its copy is RELOAD_AFTER_MS old (in the background, when a token is signed or verified)
+// and waits for that read once its copy is WAIT_AFTER_MS old, so a rotation reaches every
+// instance within WAIT_AFTER_MS.
 import { hash, randomBytes, randomUUID } from "node:crypto";
-import { desc, isNull, sql } from "drizzle-orm";
+import { and, desc, gt, isNull, ne, or, sql } from "drizzle-orm";
+import type { Logger } from "pino";
 import {
   SignJWT,
   exportJWK,
   generateKeyPair,
   importJWK,
   jwtVerify,
+  type CryptoKey,
   type JWK,
   type JWTPayload,
   type JWTHeaderParameters,
@@ -15,51 +24,156 @@ import {
 } from "jose";
 import type { Keyring } from "../crypto/keyring.js";
 import { isUuid } from "../ids.js";
-import type { Db } from "../db/client.js";
+import type { Db, Executor } from "../db/client.js";
 import { signingKeys } from "../db/schema.js";
+import { describeError } from "../log.js";
+import { record, type RequestMeta } from "./audit.js";
 
 export const ACCESS_TOKEN_ALG = "ES256";
 /** Clock skew accepted between instances and their clients, per the spine's contract (at most 30 s). */
 export const CLOCK_TOLERANCE_S = 30;
 /** A bearer token longer than this is refused before any parsing (ours are about 400 bytes). */
 export const MAX_TOKEN_LENGTH = 2048;
+/** An instance's copy of the signing keys is read again in the background once this old... */
+export const RELOAD_AFTER_MS = 5_000;
+/** ...and waited for once this old: the bound within which a rotation reaches every instance. */
+export const WAIT_AFTER_MS = 10_000;
+/**
+ * After a planned rotation the previous keys verify for the access tokens' lifetime and this much
+ * more (a minute): a new key signs once it is WAIT_AFTER_MS old, an instance's copy of the keys
+ * may be WAIT_AFTER_MS old, and the clock tolerance, and a margin.
+ */
+export const ROTATION_GRACE_S = (2 * WAIT_AFTER_MS) / 1000 + CLOCK_TOLERANCE_S + 10;
 
 export type AccessClaims = { sub: string; sid: string; jti: string; iat: number; exp: number };
 
 export type TokenService = {
+  /** the key this instance signs with now */
   readonly kid: string;
   sign(userId: string, sessionId: string): Promise<{ token: string; expiresIn: number }>;
   /** The verified claims, or undefined for any token that is not one of ours and current. */
   verify(token: string): Promise<AccessClaims | undefined>;
-  jwks(): { keys: JWK[] };
+  /** the public keys that verify now (this instance's copy, read again as for a verification) */
+  jwks(): Promise<{ keys: JWK[] }>;
 };
 
 export const signingBinding = (kid: string) => ({ purpose: "jwt-signing-key", table: "signing_keys", id: kid });
 
 type KeyRow = typeof signingKeys.$inferSelect;
 
+/** The key that signs: the newest one not retired (retiring ones only verify). */
+const currentSigner = async (ex: Pick<Db, "select">) =>
+  (await ex.select().from(signingKeys).where(isNull(signingKeys.retiredAt)).orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid)).limit(1))[0];
+
+/** Serialises the creation of signing keys, whatever the number of instances and CLIs. */
+const lockSigningKeys = (ex: Executor) => ex.execute(sql`select pg_advisory_xact_lock(${0x4b455953})`); // "KEYS"
+
+async function insertSigningKey(ex: Executor, keyring: Keyring): Promise<KeyRow> {
+  const { publicKey, privateKey } = await generateKeyPair(ACCESS_TOKEN_ALG, { extractable: true });
+  const kid = randomUUID();
+  const privateJwk = await exportJWK(privateKey);
+  const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: ACCESS_TOKEN_ALG, use: "sig" };
+  const sealed = keyring.seal(Buffer.from(JSON.stringify(privateJwk)), signingBinding(kid));
+  const [row] = await ex
+    .insert(signingKeys)
+    .values({ kid, alg: ACCESS_TOKEN_ALG, publicJwk, privateSealed: sealed.box, keyringId: sealed.keyringId })
+    .returning();
+  return row!;
+}
+
 /** Loads the current signing key, creating one at first start (once, whatever the number of instances). */
 async function loadOrCreateSigningKey(db: Db, keyring: Keyring): Promise<KeyRow> {
-  const current = async (ex: Pick<Db, "select">) =>
-    (await ex.select().from(signingKeys).where(isNull(signingKeys.retiredAt)).orderBy(desc(signingKeys.createdAt)).limit(1))[0];
-  const found = await current(db);
+  const found = await currentSigner(db);
   if (found) return found;
   return db.transaction(async (tx) => {
-    await tx.execute(sql`select pg_advisory_xact_lock(${0x4b455953})`); // "KEYS"
-    const raced = await current(tx);
-    if (raced) return raced;
-    const { publicKey, privateKey } = await generateKeyPair(ACCESS_TOKEN_ALG, { extractable: true });
-    const kid = randomUUID();
-    const privateJwk = await exportJWK(privateKey);
-    const publicJwk = { ...(await exportJWK(publicKey)), kid, alg: ACCESS_TOKEN_ALG, use: "sig" };
-    const sealed = keyring.seal(Buffer.from(JSON.stringify(privateJwk)), signingBinding(kid));
-    const [row] = await tx
-      .insert(signingKeys)
-      .values({ kid, alg: ACCESS_TOKEN_ALG, publicJwk, privateSealed: sealed.box, keyringId: sealed.keyringId })
-      .returning();
-    return row!;
+    await lockSigningKeys(tx);
+    return (await currentSigner(tx)) ?? (await insertSigningKey(tx, keyring));
   });
 }
+
+async function openSigningKey(keyring: Keyring, row: KeyRow): Promise<CryptoKey> {
+  const privateJwk = JSON.parse(
+    keyring.open({ keyringId: row.keyringId, box: row.privateSealed }, signingBinding(row.kid)).toString("utf8"),
+  ) as JWK;
+  return (await importJWK(privateJwk, ACCESS_TOKEN_ALG)) as CryptoKey;
+}
+
+export type SigningKeyRotation = { kid: string; retiring: { kid: string; retiresAt: Date }[] };
+
+/**
+ * A new signing key, which every instance signs with once it has read it (within WAIT_AFTER_MS).
+ * The keys before it verify for `graceS` more seconds (ROTATION_GRACE_S plus the access tokens'
+ * lifetime for a planned rotation), or not at all with `graceS: 0` (a key thought leaked: every
+ * access token it signed is refused, and frontends refresh theirs). A key already retiring keeps
+ * the earlier of its time and the new one. Audited as `signing_key.rotate`, in the same
+ * transaction.
+ */
+export async function rotateSigningKey(
+  db: Db,
+  keyring: Keyring,
+  opts: { graceS: number; meta: RequestMeta; via: string },
+): Promise<SigningKeyRotation> {
+  return db.transaction(async (tx) => {
+    await lockSigningKeys(tx);
+    const row = await insertSigningKey(tx, keyring);
+    const until = sql`now() + make_interval(secs => ${Math.max(0, opts.graceS)})`;
+    const retiring = await tx
+      .update(signingKeys)
+      .set({ retiredAt: sql`least(coalesce(${signingKeys.retiredAt}, ${until}), ${until})` })
+      .where(and(ne(signingKeys.kid, row.kid), or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, sql`now()`))))
+      .returning({ kid: signingKeys.kid, retiresAt: signingKeys.retiredAt });
+    const out = { kid: row.kid, retiring: retiring.map((r) => ({ kid: r.kid, retiresAt: r.retiresAt! })) };
+    await record(tx, {
+      action: "signing_key.rotate",
+      outcome: "success",
+      actor: null,
+      meta: opts.meta,
+      detail: {
+        via: opts.via,
+        kid: out.kid,
+        immediate: opts.graceS <= 0,
+        retiring: out.retiring.map((r) => ({ kid: r.kid, retires_at: r.retiresAt.toISOString() })),
+      },
+    });
+    return out;
+  });
+}
+
+type Dated = { createdAt: number; retiresAt: number | null };
+const verifiesAt = (k: Dated, at: number) => k.retiresAt === null || at < k.retiresAt;
+
+/**
+ * The keys (given newest first) in the order an instance tries them for signing at `at`: the ones
+ * every instance knows, made at least WAIT_AFTER_MS ago (no instance's copy is older, so a token
+ * signed with them verifies everywhere), newest first; then the younger ones, oldest first (the
+ * first key of all, or the new one when all the others were retired at once). Retired keys are
+ * left out.
+ */
+function signingOrder<K extends Dated>(newestFirst: K[], at: number): K[] {
+  const keys = newestFirst.filter((k) => verifiesAt(k, at));
+  const known = keys.filter((k) => k.createdAt <= at - WAIT_AFTER_MS);
+  return [...known, ...keys.filter((k) => !known.includes(k)).reverse()];
+}
+
+export type SigningKeyState = { kid: string; keyringId: string; createdAt: Date; retiredAt: Date | null; signing: boolean };
+
+/** Every signing key, newest first; `signing` marks the one the instances sign with now. */
+export async function signingKeyStates(db: Db, at = Date.now()): Promise<SigningKeyState[]> {
+  const rows = await db.select().from(signingKeys).orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
+  const dated = rows.map((r) => ({ r, createdAt: r.createdAt.getTime(), retiresAt: r.retiredAt?.getTime() ?? null }));
+  const signer = signingOrder(dated, at)[0]?.r;
+  return rows.map((r) => ({ kid: r.kid, keyringId: r.keyringId, createdAt: r.createdAt, retiredAt: r.retiredAt, signing: r === signer }));
+}
+
+type KnownKey = {
+  jwk: JWK;
+  key: CryptoKey;
+  /** ms since the epoch */
+  createdAt: number;
+  /** ms since the epoch; null: not retiring */
+  retiresAt: number | null;
+  row: KeyRow;
+};
 
 export async function createTokenService(opts: {
   db: Db;
@@ -70,76 +184,137 @@ export async function createTokenService(opts: {
   /** verified tokens kept, so a frontend re-sending its token skips the signature check */
   cacheSize?: number;
   now?: () => number;
+  log?: Logger;
 }): Promise<TokenService> {
   const now = opts.now ?? Date.now;
-  const row = await loadOrCreateSigningKey(opts.db, opts.keyring);
-  const privateJwk = JSON.parse(
-    opts.keyring.open({ keyringId: row.keyringId, box: row.privateSealed }, signingBinding(row.kid)).toString("utf8"),
-  ) as JWK;
-  const signingKey = await importJWK(privateJwk, ACCESS_TOKEN_ALG);
+  await loadOrCreateSigningKey(opts.db, opts.keyring);
 
-  // Public keys by kid. An unknown kid triggers at most one reload a second (another instance
-  // may have created a newer key); everything else is refused without touching the database.
-  const publicKeys = new Map<string, { jwk: JWK; key: Awaited<ReturnType<typeof importJWK>> }>();
-  let lastReload = 0;
-  async function reloadPublicKeys() {
-    const rows = await opts.db.select().from(signingKeys);
+  // The keys that verify, by kid, newest first, with their retirement. An unknown kid also
+  // triggers a read (at most one a second: another instance may sign with a key made since);
+  // everything else is refused without touching the database.
+  let known = new Map<string, KnownKey>();
+  let askedAt = 0;
+  let reading: Promise<void> | undefined;
+  const usable = (k: KnownKey | undefined): k is KnownKey => k !== undefined && verifiesAt(k, now());
+
+  async function readKeys() {
+    const asked = now();
+    const rows = await opts.db.select().from(signingKeys).orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
+    const next = new Map<string, KnownKey>();
     for (const r of rows) {
-      if (r.retiredAt || publicKeys.has(r.kid)) continue;
+      const retiresAt = r.retiredAt ? r.retiredAt.getTime() : null;
+      if (retiresAt !== null && retiresAt <= asked) continue;
       const jwk = r.publicJwk as JWK;
-      publicKeys.set(r.kid, { jwk, key: await importJWK(jwk, ACCESS_TOKEN_ALG) });
+      const key = known.get(r.kid)?.key ?? ((await importJWK(jwk, ACCESS_TOKEN_ALG)) as CryptoKey);
+      next.set(r.kid, { jwk, key, createdAt: r.createdAt.getTime(), retiresAt, row: r });
     }
-    lastReload = now();
+    known = next;
+    askedAt = asked;
   }
-  await reloadPublicKeys();
+  function reload(): Promise<void> {
+    reading ??= readKeys().finally(() => (reading = undefined));
+    return reading;
+  }
+  /** undefined when the copy is fresh enough to use as it is; otherwise the read to wait for */
+  function freshKeys(): Promise<void> | undefined {
+    const age = now() - askedAt;
+    if (age <= RELOAD_AFTER_MS) return undefined;
+    const r = reload().catch((err) => {
+      // The keys known so far stay in use, their retirements included; the next call asks again.
+      opts.log?.warn({ err: describeError(err) }, "reading the signing keys failed");
+    });
+    return age > WAIT_AFTER_MS ? r : undefined;
+  }
+  await reload();
+
+  // The private keys opened so far, by kid; a key this keyring cannot open is tried again after
+  // the next read of the keys.
+  const opened = new Map<string, CryptoKey>();
+  const unopenable = new Map<string, number>();
+  async function privateKey(k: KnownKey): Promise<CryptoKey | undefined> {
+    const have = opened.get(k.row.kid);
+    if (have) return have;
+    if ((unopenable.get(k.row.kid) ?? -1) >= askedAt) return undefined;
+    try {
+      const key = await openSigningKey(opts.keyring, k.row);
+      opened.set(k.row.kid, key);
+      return key;
+    } catch (err) {
+      unopenable.set(k.row.kid, askedAt);
+      opts.log?.error({ err: describeError(err), kid: k.row.kid }, "a signing key cannot be opened with this keyring");
+      return undefined;
+    }
+  }
+  /** The key to sign with now (signingOrder); a key this keyring cannot open is passed over for the next. */
+  async function signer(): Promise<{ kid: string; key: CryptoKey }> {
+    for (const k of signingOrder([...known.values()], now())) {
+      const key = await privateKey(k);
+      if (key) {
+        for (const kid of opened.keys()) if (!known.has(kid)) opened.delete(kid);
+        return { kid: k.row.kid, key };
+      }
+    }
+    throw new Error("no signing key this keyring can open");
+  }
+  let current = await signer(); // (fails the start when no key can be opened)
 
   async function keyFor(header: JWTHeaderParameters, _input: FlattenedJWSInput) {
     const kid = header.kid;
     if (typeof kid !== "string") throw new Error("no kid");
-    let found = publicKeys.get(kid);
-    if (!found && now() - lastReload > 1_000) {
-      await reloadPublicKeys();
-      found = publicKeys.get(kid);
+    let found = known.get(kid);
+    if (!found && now() - askedAt > 1_000) {
+      await reload().catch(() => {});
+      found = known.get(kid);
     }
-    if (!found) throw new Error("unknown kid");
+    if (!usable(found)) throw new Error("unknown or retired kid");
     return found.key;
   }
 
   // The cache holds tokens whose signature and claims were checked; an entry lives no longer than
-  // its token. Keyed by a hash of the token, so the map holds no bearer credential.
+  // its token, nor than its key. Keyed by a hash of the token, so the map holds no bearer credential.
   const cacheSize = opts.cacheSize ?? 10_000;
-  const verified = new Map<string, AccessClaims>();
+  const verified = new Map<string, { claims: AccessClaims; kid: string }>();
   // (crypto.hash, one call: half the cost of a Hash object, on every authenticated request)
   const cacheKey = (token: string) => hash("sha256", token, "base64url");
 
   return {
-    kid: row.kid,
+    get kid() {
+      return current.kid;
+    },
     async sign(userId, sessionId) {
+      const wait = freshKeys();
+      if (wait) await wait;
+      current = await signer();
+      const signWith = current;
       const iat = Math.floor(now() / 1000);
       const token = await new SignJWT({ sid: sessionId })
-        .setProtectedHeader({ alg: ACCESS_TOKEN_ALG, kid: row.kid, typ: "JWT" })
+        .setProtectedHeader({ alg: ACCESS_TOKEN_ALG, kid: signWith.kid, typ: "JWT" })
         .setIssuer(opts.issuer)
         .setAudience(opts.audience)
         .setSubject(userId)
         .setJti(randomBytes(12).toString("base64url"))
         .setIssuedAt(iat)
         .setExpirationTime(iat + opts.accessTtlS)
-        .sign(signingKey);
+        .sign(signWith.key);
       return { token, expiresIn: opts.accessTtlS };
     },
     async verify(token) {
       if (token.length > MAX_TOKEN_LENGTH) return undefined;
+      const wait = freshKeys();
+      if (wait) await wait;
       const k = cacheKey(token);
       const hit = verified.get(k);
       const nowS = now() / 1000;
       if (hit) {
-        if (hit.exp + CLOCK_TOLERANCE_S > nowS) return hit;
+        if (hit.claims.exp + CLOCK_TOLERANCE_S > nowS && usable(known.get(hit.kid))) return hit.claims;
         verified.delete(k);
         return undefined;
       }
       let payload: JWTPayload;
+      let kid: string;
       try {
-        ({ payload } = await jwtVerify(token, keyFor, {
+        let header: JWTHeaderParameters;
+        ({ payload, protectedHeader: header } = await jwtVerify(token, keyFor, {
           algorithms: [ACCESS_TOKEN_ALG],
           issuer: opts.issuer,
           audience: opts.audience,
@@ -149,6 +324,7 @@ export async function createTokenService(opts: {
           maxTokenAge: opts.accessTtlS,
           currentDate: new Date(now()),
         }));
+        kid = header.kid!;
       } catch {
         return undefined;
       }
@@ -157,9 +333,13 @@ export async function createTokenService(opts: {
       if (typeof payload.jti !== "string") return undefined;
       const claims: AccessClaims = { sub: payload.sub, sid: payload.sid, jti: payload.jti, iat: payload.iat!, exp: payload.exp! };
       if (verified.size >= cacheSize) verified.delete(verified.keys().next().value!);
-      verified.set(k, claims);
+      verified.set(k, { claims, kid });
       return claims;
     },
-    jwks: () => ({ keys: [...publicKeys.values()].map((k) => k.jwk) }),
+    async jwks() {
+      const wait = freshKeys();
+      if (wait) await wait;
+      return { keys: [...known.values()].filter((k) => usable(k)).map((k) => k.jwk) };
+    },
   };
 }

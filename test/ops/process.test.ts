@@ -209,4 +209,83 @@ describe("the service process", () => {
       rmSync(dataDir, { recursive: true, force: true });
     }
   }, 60_000);
+
+  it("the CLI rotates the signing key: `--now` retires the old one, whose tokens the service then refuses; the rotation is audited; status lists the keys", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "hbff-signing-"));
+    const env = { DATA_DIR: dataDir, LOG_LEVEL: "warn" };
+    const password = "a long password";
+    const start = async () => {
+      const port = await freePort();
+      const url = `http://127.0.0.1:${port}`;
+      const proc = run({ DATA_DIR: dataDir, PORT: String(port) });
+      await waitReady(url, proc.child);
+      return { url, proc };
+    };
+    const stop = async (p: { proc: ReturnType<typeof run> }) => {
+      p.proc.child.kill("SIGTERM");
+      await p.proc.exited;
+    };
+    const kidOf = (token: string) => (JSON.parse(Buffer.from(token.split(".")[0]!, "base64url").toString()) as { kid: string }).kid;
+    const login = async (url: string) =>
+      (
+        (await (
+          await fetch(url + "/v1/auth/login", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "ops", password }) })
+        ).json()) as { access_token: string }
+      ).access_token;
+    const me = (url: string, token: string) => fetch(url + "/v1/auth/me", { headers: { authorization: `Bearer ${token}` } });
+    try {
+      const none = await cli(["signing-key", "status"], env, "");
+      expect(none.code, none.stderr).toBe(0);
+      expect(none.stdout).toMatch(/no signing key yet/);
+      expect((await cli(["user", "add", "--role", "admin", "ops"], env, `${password}\n`)).code).toBe(0);
+
+      let svc = await start();
+      const old = await login(svc.url);
+      expect((await me(svc.url, old)).status).toBe(200);
+      await stop(svc);
+
+      for (const args of [["signing-key", "rotate", "--later"], ["signing-key", "rotate", "now"], ["signing-key", "status", "--now"]]) {
+        const r = await cli(args, env, "");
+        expect(r.code, args.join(" ")).toBe(2);
+      }
+      const rotated = await cli(["signing-key", "rotate", "--now"], env, "");
+      expect(rotated.code, rotated.stderr).toBe(0);
+      const kid2 = /new signing key ([0-9a-f-]{36})/.exec(rotated.stdout)?.[1];
+      expect(kid2, rotated.stdout).toBeDefined();
+      expect(rotated.stdout).toContain(`${kidOf(old)} retired`);
+      const status = await cli(["signing-key", "status"], env, "");
+      expect(status.stdout).toMatch(new RegExp(`^${kid2}  created \\S+  signing, verifying  `, "m"));
+      expect(status.stdout).toMatch(new RegExp(`^${kidOf(old)}  created \\S+  retired `, "m"));
+
+      svc = await start();
+      try {
+        expect((await me(svc.url, old)).status).toBe(401);
+        const fresh = await login(svc.url);
+        expect(kidOf(fresh)).toBe(kid2);
+        expect((await me(svc.url, fresh)).status).toBe(200);
+        const jwks = (await (await fetch(svc.url + "/.well-known/jwks.json")).json()) as { keys: { kid: string }[] };
+        expect(jwks.keys.map((k) => k.kid)).toEqual([kid2]);
+        const audit = (await (
+          await fetch(svc.url + "/v1/audit?action=signing_key.rotate", { headers: { authorization: `Bearer ${fresh}` } })
+        ).json()) as { events: { actor: unknown; outcome: string; detail: Record<string, unknown> }[] };
+        expect(audit.events).toHaveLength(1);
+        expect(audit.events[0]).toMatchObject({ actor: null, outcome: "success", detail: { via: "cli", kid: kid2, immediate: true } });
+
+        // a planned rotation, the service running: published at once, signing only later
+        const planned = await cli(["signing-key", "rotate"], env, "");
+        expect(planned.code, planned.stderr).toBe(2); // the service holds DATA_DIR
+      } finally {
+        await stop(svc);
+      }
+      const planned = await cli(["signing-key", "rotate"], env, "");
+      expect(planned.code, planned.stderr).toBe(0);
+      expect(planned.stdout).toMatch(/published now, every instance signs with it from /);
+      expect(planned.stdout).toMatch(new RegExp(`${kid2} verifies until `));
+      const after = await cli(["signing-key", "status"], env, "");
+      expect(after.stdout).toMatch(/published, signing from /);
+      expect(after.stdout).toMatch(new RegExp(`^${kid2}  created \\S+  signing, verifying until `, "m"));
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 90_000);
 });

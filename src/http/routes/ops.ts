@@ -85,9 +85,9 @@ export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) 
     return c.text(await metrics.registry.metrics(), 200, { "Content-Type": metrics.registry.contentType });
   });
 
-  app.get("/.well-known/jwks.json", (c) => {
+  app.get("/.well-known/jwks.json", async (c) => {
     c.header("Cache-Control", "public, max-age=300");
-    return c.json(c.get("deps").tokens.jwks());
+    return c.json(await c.get("deps").tokens.jwks());
   });
 
   let document: unknown;
