@@ -38,8 +38,12 @@ export function batched<I, O>(run: (items: I[]) => Promise<O[]>, opts: BatchOpti
       (results) => group.forEach((g, i) => g.resolve(results[i]!)),
       (err) => group.forEach((g) => g.reject(err)),
     ).finally(() => {
-      observe?.(group.length, (performance.now() - started) / 1000);
       inFlight--;
+      try {
+        observe?.(group.length, (performance.now() - started) / 1000);
+      } catch {
+        // a metric's fault must not hold every later group of this kind behind a slot never freed
+      }
       flush();
     });
   };

@@ -5,7 +5,10 @@
 // decision. Exactness holds: the window starts when the refused call was handed to the database
 // (before the database decided), so it always ends before the database would admit again; a call
 // refused here is one the database would have refused. The window is cut short by an admin
-// changing that user's limits on this instance at once, and on other instances within the cap.
+// changing that user's limits, or ending their use of a key (a grant revoked, a key deleted: the
+// contract checks the key choice before the limits), on this instance at once, a refusal still
+// on its way from the database when the change came included, and on other instances within the
+// cap.
 // Every such refusal is still audited (durably, before the answer) like any other.
 import type { BucketState } from "./rate-limit.js";
 import type { UpstreamOperation } from "../upstream/client.js";
@@ -35,6 +38,10 @@ export function createLocalRefusals(opts: { maxMs?: number; maxEntries?: number;
   const maxEntries = opts.maxEntries ?? 10_000;
   const now = opts.now ?? (() => performance.now());
   const byKey = new Map<string, LocalRefusal>();
+  // When each user was last forgotten: a refusal the database decided before then (under the
+  // limits or the key access the change ended) and answered after it is not taken up. Kept for
+  // maxMs, beyond which note() would not take such a refusal anyway.
+  const forgottenAt = new Map<string, number>();
   const key = (userId: string, op: UpstreamOperation) => `${userId}|${op}`;
   return {
     check(userId, op) {
@@ -49,6 +56,8 @@ export function createLocalRefusals(opts: { maxMs?: number; maxEntries?: number;
       if (!(retryMs > 0) || maxMs <= 0) return;
       const until = askedAt + Math.min(retryMs, maxMs);
       if (until <= now()) return;
+      const forgotten = forgottenAt.get(userId);
+      if (forgotten !== undefined && askedAt <= forgotten) return;
       const k = key(userId, op);
       byKey.delete(k);
       if (byKey.size >= maxEntries) byKey.delete(byKey.keys().next().value!);
@@ -56,6 +65,13 @@ export function createLocalRefusals(opts: { maxMs?: number; maxEntries?: number;
     },
     forgetUser(userId) {
       for (const k of byKey.keys()) if (k.startsWith(`${userId}|`)) byKey.delete(k);
+      const at = now();
+      for (const [u, t] of forgottenAt) {
+        if (t >= at - maxMs) break;
+        forgottenAt.delete(u);
+      }
+      forgottenAt.delete(userId); // (re-inserted last: the map stays in time order)
+      forgottenAt.set(userId, at);
     },
   };
 }

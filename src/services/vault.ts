@@ -153,9 +153,11 @@ export async function keyToManage(
   return { key: r.key, ownerUsername: r.ownerUsername, access };
 }
 
-export async function deleteKey(db: Db, caller: Caller, meta: RequestMeta, keyId: string): Promise<void> {
-  await db.transaction(async (tx) => {
+/** Deletes a key; answers the users who could use it (its owner and its grantees). */
+export async function deleteKey(db: Db, caller: Caller, meta: RequestMeta, keyId: string): Promise<string[]> {
+  return db.transaction(async (tx) => {
     const { key } = await keyToManage(tx, caller, keyId);
+    const holders = await tx.select({ userId: keyGrants.userId }).from(keyGrants).where(and(eq(keyGrants.keyId, key.id), isNull(keyGrants.revokedAt)));
     const deleted = await tx.delete(haltmanKeys).where(eq(haltmanKeys.id, key.id)).returning({ id: haltmanKeys.id });
     if (deleted.length === 0) throw notFound("key");
     await record(tx, {
@@ -167,6 +169,7 @@ export async function deleteKey(db: Db, caller: Caller, meta: RequestMeta, keyId
       keyOwnerId: key.ownerId,
       detail: { name: key.name },
     });
+    return [key.ownerId, ...holders.map((h) => h.userId)];
   });
 }
 
@@ -333,8 +336,9 @@ export async function listGrants(ex: Executor, caller: Caller, keyId: string): P
   return rows.map((r) => grantView(r.g, { id: r.g.userId, username: r.username }));
 }
 
-export async function revokeGrant(db: Db, caller: Caller, meta: RequestMeta, keyId: string, grantId: string): Promise<void> {
-  await db.transaction(async (tx) => {
+/** Revokes a grant; answers the grantee's user id. */
+export async function revokeGrant(db: Db, caller: Caller, meta: RequestMeta, keyId: string, grantId: string): Promise<string> {
+  return db.transaction(async (tx) => {
     const { key } = await keyToManage(tx, caller, keyId);
     if (!isUuid(grantId)) throw notFound("grant");
     const [g] = await tx
@@ -354,5 +358,6 @@ export async function revokeGrant(db: Db, caller: Caller, meta: RequestMeta, key
       subjectId: g.userId,
       detail: { grant_id: g.id, grantee: grantee?.username ?? null },
     });
+    return g.userId;
   });
 }

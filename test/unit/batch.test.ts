@@ -97,6 +97,16 @@ describe("batched()", () => {
     expect(await run(3)).toBe(3);
   });
 
+  it("an observer that throws frees the group's slot all the same: later groups still go", async () => {
+    const run = batched<number, number>(async (items) => items, {
+      maxInFlight: 1,
+      observe: () => {
+        throw new Error("a metric's fault");
+      },
+    });
+    for (let i = 0; i < 3; i++) expect(await run(i)).toBe(i);
+  }, 5_000);
+
   it("a run that throws synchronously fails its group rather than the caller's tick", async () => {
     const run = batched<number, number>(() => {
       throw new Error("sync");

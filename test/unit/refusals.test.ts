@@ -38,6 +38,26 @@ describe("local refusals", () => {
     expect(r.check("v", "handle_create")).toBeDefined();
   });
 
+  it("a refusal the database decided before forgetUser and answered after it is not taken up; one decided after it is", () => {
+    const t = { now: 1_000 };
+    const r = createLocalRefusals({ maxMs: 1_000, now: at(t) });
+    r.forgetUser("u"); // at 1000: an admin raised u's limit
+    t.now = 1_010;
+    r.note("u", "handle_create", 990, 500, []); // handed to the database at 990, before the change
+    expect(r.check("u", "handle_create")).toBeUndefined();
+    r.note("u", "handle_create", 1_000, 500, []); // at the same moment: still not after it
+    expect(r.check("u", "handle_create")).toBeUndefined();
+    r.note("v", "handle_create", 990, 500, []); // another user: untouched
+    expect(r.check("v", "handle_create")).toBeDefined();
+    r.note("u", "handle_create", 1_005, 500, []); // asked after the change
+    expect(r.check("u", "handle_create")).toBeDefined();
+    // what forgetUser remembers lasts the cap only (a later refusal is never older than that)
+    t.now = 5_000;
+    r.forgetUser("w");
+    r.note("u", "handle_create", 4_990, 500, []);
+    expect(r.check("u", "handle_create")).toBeDefined();
+  });
+
   it("nothing is noted for a window already over, a zero wait, or a cap of 0", () => {
     const r = createLocalRefusals({ now: () => 5_000 });
     r.note("u", "handle_create", 0, 500, []);

@@ -93,7 +93,10 @@ export function keyRoutes(registry: OpenAPIRegistry) {
       responses: { 204: { description: "deleted" }, 403: { description: "a grantee" }, 404: { description: "not_found" } },
     },
     async (c) => {
-      await deleteKey(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!);
+      const holders = await deleteKey(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!);
+      // Their next call is decided by the database (which checks the key), not refused here for a
+      // limit first: the contract checks the key choice before the limits (services/refusals.ts).
+      for (const id of holders) c.get("deps").refusals.forgetUser(id);
       return c.body(null, 204);
     },
   );
@@ -153,7 +156,8 @@ export function keyRoutes(registry: OpenAPIRegistry) {
       responses: { 204: { description: "revoked" }, 404: { description: "not_found" } },
     },
     async (c) => {
-      await revokeGrant(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!, c.req.param("grant_id")!);
+      const grantee = await revokeGrant(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!, c.req.param("grant_id")!);
+      c.get("deps").refusals.forgetUser(grantee); // (as a deletion's, above)
       return c.body(null, 204);
     },
   );
