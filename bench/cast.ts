@@ -6,6 +6,9 @@ import { readFileSync } from "node:fs";
 import { Keyring } from "../src/crypto/keyring.js";
 import type { Database } from "../src/db/client.js";
 import { scratchDatabase } from "./db.js";
+
+/** the service's METRICS_TOKEN in the benchmark (bench/profile.ts reads its /metrics) */
+export const BENCH_METRICS_TOKEN = "bench-metrics-token-0123456789abcdef";
 import { freePort, startChild, type Child } from "./processes.js";
 
 export const USERS = 64;
@@ -90,6 +93,7 @@ export async function startCast(opts: { serviceEnv?: Record<string, string>; ser
       RATE_LIMIT_GLOBAL: open,
       LOG_LEVEL: "info",
       TRUST_PROXY: "1",
+      METRICS_TOKEN: BENCH_METRICS_TOKEN,
       // as `npm start` and the Dockerfile run it (see the Dockerfile for why)
       MALLOC_ARENA_MAX: "2",
       MALLOC_MMAP_THRESHOLD_: "131072",

@@ -16,7 +16,7 @@
 //   PROFILE_HOOK='perf record -g -p $SVC_PID -- sleep 3' runs a command 2 s into the load
 //   ($SVC_PID, $BARE_PID, $PG_PIDS are set).
 import { execFile, execFileSync } from "node:child_process";
-import { cpuMs, json, startCast, USERS } from "./cast.js";
+import { BENCH_METRICS_TOKEN, cpuMs, json, startCast, USERS } from "./cast.js";
 import { besideLoginStorm, closedLoop, describeLogins, fixedRate } from "./load.js";
 import { freePort, startChild, type Child } from "./processes.js";
 
@@ -51,7 +51,7 @@ function threads(pid: number): Map<string, number> {
 }
 /** From the service's /metrics: db_group_* sums and counts by statement; session checks by answer. */
 async function serviceMetrics(url: string): Promise<{ groups: Map<string, { n: number; items: number; seconds: number }>; sessionChecks: Map<string, number> }> {
-  const text = await (await fetch(url + "/metrics")).text();
+  const text = await (await fetch(url + "/metrics", { headers: { authorization: `Bearer ${BENCH_METRICS_TOKEN}` } })).text();
   const m = new Map<string, { n: number; items: number; seconds: number }>();
   const sessionChecks = new Map<string, number>();
   for (const line of text.split("\n")) {

@@ -15,6 +15,7 @@ import { keyRoutes } from "./http/routes/keys.js";
 import { opsRoutes } from "./http/routes/ops.js";
 import { proxyRoutes } from "./http/routes/proxy.js";
 import { userRoutes } from "./http/routes/users.js";
+import type { RefusedRequest } from "./http/server.js";
 import { accessLogger, describeError } from "./log.js";
 import { HashingUnavailable } from "./services/passwords.js";
 
@@ -47,6 +48,19 @@ export function isDatabaseUnavailable(err: unknown): boolean {
 
 export function errorBody(c: Context<AppEnv>, code: ErrorCode, message: string, extras: Record<string, unknown> = {}) {
   return { error: code, message, request_id: c.get("requestId"), ...extras };
+}
+
+/**
+ * The log line and the metric sample of a request the server answered itself, before any route
+ * (http/server.ts: one Node's parser refused, or that did not arrive in time), as the app's own
+ * requests have theirs: its X-Request-Id is found in the log, and `route="unparsed"` counts them.
+ */
+export function refusedRequestRecorder(deps: Pick<Deps, "log" | "metrics">): (r: RefusedRequest) => void {
+  const access = accessLogger(deps.log);
+  return (r) => {
+    deps.metrics.httpRequests.inc({ route: "unparsed", method: "unknown", status: String(r.status) });
+    access.info({ ...(r.requestId ? { request_id: r.requestId } : {}), route: "unparsed", status: r.status, error: r.error, parser_code: r.code, ip: r.ip }, "request");
+  };
 }
 
 export function createApp(deps: Deps) {

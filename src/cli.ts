@@ -99,7 +99,8 @@ async function main(argv: string[]) {
   // told as a typo, not as the configuration it would have needed.
   const command = cmd === "migrate" ? cmd : `${cmd} ${sub ?? ""}`;
   if (!isCommand(command)) fail(USAGE);
-  const args = argumentsOf(command, rest);
+  // (`migrate` is one word: what follows it is its arguments, none of which it takes)
+  const args = argumentsOf(command, command === "migrate" && sub !== undefined ? [sub, ...rest] : rest);
   const config = loadConfig(process.env, { needsKeyring: command !== "migrate" });
   const log = createLogger(config.logLevel === "info" ? "warn" : config.logLevel);
   // A fault outside main's promise (a socket's error event, a stray rejection) would otherwise get

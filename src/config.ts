@@ -64,6 +64,8 @@ export type Config = Readonly<{
     global: RatePolicy;
   }>;
   haltmanBot: { token: string; source: string } | undefined;
+  /** a static bearer token that reads /metrics (for a scraper; an admin's access token also does) */
+  metricsToken: string | undefined;
   trustProxy: number;
   corsOrigins: readonly string[];
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -178,7 +180,7 @@ export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolea
       Keyring.parse(keyring);
     } catch (err) {
       if (!(err instanceof KeyringError)) throw err;
-      for (const p of err.problems) bad("VAULT_KEYRING", p);
+      bad("VAULT_KEYRING", err.problems.join("; ")); // one line for the variable, whatever its entries
     }
   }
 
@@ -205,6 +207,12 @@ export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolea
     if (!headerValue.test(botToken)) bad("HALTMAN_BOT_TOKEN", "expected visible ASCII characters (spaces only between them), as an HTTP header carries");
     if (!headerValue.test(botSource)) bad("HALTMAN_BOT_SOURCE", "expected visible ASCII characters (spaces only between them), as an HTTP header carries");
     haltmanBot = { token: botToken, source: botSource };
+  }
+
+  // A scraper's secret: long enough not to be guessed, in the bearer token's alphabet (RFC 6750).
+  const metricsToken = get("METRICS_TOKEN");
+  if (metricsToken !== undefined && !/^[A-Za-z0-9._~+/-]{32,512}=*$/.test(metricsToken)) {
+    bad("METRICS_TOKEN", "expected 32 to 512 of A-Z a-z 0-9 . _ ~ + / - (a random secret, such as the output of `openssl rand -hex 32`)");
   }
 
   const corsOrigins: string[] = [];
@@ -238,6 +246,12 @@ export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolea
     return burst === p.limit ? p : { ...p, burst };
   };
 
+  // A path is a prefix put before upstream's own (a gateway's); ending in /api, it is most likely
+  // upstream's own, which the calls already carry (they would go to /api/api/...).
+  if (/\/api\/?$/.test(haltmanBaseUrl.pathname)) {
+    warnings.push(`HALTMAN_BASE_URL ends in /api: the calls go to ${haltmanBaseUrl.pathname.replace(/\/$/, "")}/api/handle/create; upstream's origin alone is most likely meant`);
+  }
+
   const issuer = get("JWT_ISSUER") ?? "haltman-bff";
   const audience = get("JWT_AUDIENCE") ?? "haltman-bff";
 
@@ -261,6 +275,7 @@ export function loadConfig(env: Env = process.env, opts: { needsKeyring?: boolea
       global: upstreamFacing("RATE_LIMIT_GLOBAL", "250/min", UPSTREAM_LIMITS.perAddressPerMinute, "per calling address"),
     }),
     haltmanBot,
+    metricsToken,
     trustProxy: int("TRUST_PROXY", 0, 0, 32),
     corsOrigins: Object.freeze(corsOrigins),
     logLevel: logLevel as Config["logLevel"],

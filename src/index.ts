@@ -1,5 +1,5 @@
 // Entry: config -> dependencies -> serve(createApp(deps)); graceful shutdown on SIGTERM/SIGINT.
-import { createApp } from "./app.js";
+import { createApp, refusedRequestRecorder } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { KeyringError } from "./crypto/keyring.js";
 import { createDeps } from "./deps.js";
@@ -31,9 +31,12 @@ async function main() {
   await ensureFirstAdmin(deps, (text) => process.stdout.write(text + "\n"));
 
   const app = createApp(deps);
-  const server = listen(app.fetch, { hostname: config.host, port: config.port }, (info) => {
-    log.info({ host: info.address, port: info.port, database: database.kind }, "listening");
-  });
+  const server = listen(
+    app.fetch,
+    { hostname: config.host, port: config.port },
+    (info) => log.info({ host: info.address, port: info.port, database: database.kind }, "listening"),
+    refusedRequestRecorder(deps),
+  );
   server.on("error", (err: NodeJS.ErrnoException) => {
     log.fatal({ err: describeError(err), host: config.host, port: config.port }, err.code === "EADDRINUSE" ? "the address is in use" : "the server failed");
     process.exit(1);

@@ -13,8 +13,17 @@ export function isRealInstant(s: string): boolean {
   const day = new Date(Date.UTC(y, mo - 1, d));
   if (day.getUTCFullYear() !== y || day.getUTCMonth() !== mo - 1 || day.getUTCDate() !== d) return false;
   if (m[4] !== undefined && (Number(m[4]) > 23 || Number(m[5]) > 59 || Number(m[6] ?? 0) > 59)) return false;
-  const t = Date.parse(s);
+  const t = Date.parse(withZone(s));
   if (Number.isNaN(t)) return false;
   const utcYear = new Date(t).getUTCFullYear();
   return utcYear >= 1 && utcYear <= 9999;
 }
+
+/**
+ * A date-time without a zone is read as UTC, as a date alone is (ECMAScript reads
+ * "2026-12-04T10:00" in the server's own time zone, which a client cannot know).
+ */
+const withZone = (s: string) => (/[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?$/.test(s) ? `${s}Z` : s);
+
+/** The moment an instant that isRealInstant() accepted names. */
+export const parseInstant = (s: string): Date => new Date(withZone(s));

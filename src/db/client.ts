@@ -38,7 +38,7 @@ export type Database = {
    */
   lane(name: string, connections?: number): RawQuery;
   readonly kind: "pglite" | "postgres";
-  /** the most connections the pool opens (1 for PGlite, which is one process) */
+  /** the most connections this instance opens: the pool's and the lanes' (1 for PGlite, which is one process) */
   readonly poolMax: number;
   /** connections of this instance, by state (active, idle…), for /metrics */
   poolConnections(): Promise<Record<string, number>>;
@@ -72,6 +72,7 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
   // A lane is a client of its own (postgres.js reconnects it as it does the pool's; its
   // reserve() was tried and left a reserved connection hanging when the server dropped it).
   const lanes = new Map<string, typeof client>();
+  let laneConnections = 0;
   return {
     db,
     query: prepared(client),
@@ -94,11 +95,15 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
           },
         });
         lanes.set(name, lane);
+        laneConnections += connections;
       }
       return prepared(lane);
     },
     kind: "postgres",
-    poolMax: max,
+    // the pool's and the lanes' (pg_stat_activity, below, counts both)
+    get poolMax() {
+      return max + laneConnections;
+    },
     // postgres.js keeps no public pool statistics; the server knows this instance's connections.
     poolConnections: async () => {
       const rows = await client<{ state: string | null; n: number }[]>`

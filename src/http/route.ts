@@ -12,7 +12,7 @@ import { ErrorBody } from "./schemas.js";
 
 export type Access = "public" | "user" | "admin";
 
-type Responses = Record<number, { description: string; schema?: z.ZodType; contentType?: string }>;
+type Responses = Record<number, { description: string; schema?: z.ZodType; contentType?: string | string[] }>;
 
 export type RouteSpec<B extends z.ZodType | undefined, Q extends z.ZodType | undefined> = {
   method: "get" | "post" | "patch" | "delete";
@@ -38,10 +38,11 @@ type Input<B, Q> = {
   query: Q extends z.ZodType ? z.infer<Q> : undefined;
 };
 
+// (503: the database is down, on every route)
 const COMMON_ERRORS: Record<Access, number[]> = {
-  public: [400, 429],
-  user: [400, 401],
-  admin: [400, 401, 403],
+  public: [400, 429, 503],
+  user: [400, 401, 503],
+  admin: [400, 401, 403, 503],
 };
 
 export function defineRoute<B extends z.ZodType | undefined = undefined, Q extends z.ZodType | undefined = undefined>(
@@ -53,7 +54,7 @@ export function defineRoute<B extends z.ZodType | undefined = undefined, Q exten
   const responses: RouteConfig["responses"] = {};
   for (const [status, r] of Object.entries(spec.responses)) {
     responses[status] = r.schema
-      ? { description: r.description, content: { [r.contentType ?? "application/json"]: { schema: r.schema } } }
+      ? { description: r.description, content: Object.fromEntries([r.contentType ?? "application/json"].flat().map((t) => [t, { schema: r.schema! }])) }
       : { description: r.description };
   }
   for (const status of [...COMMON_ERRORS[spec.access], ...(spec.body ?? spec.docBody ? [413] : []), 500]) {

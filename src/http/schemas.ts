@@ -1,7 +1,7 @@
 // Request and response shapes shared by the routers. `z` is zod with `.openapi()` metadata.
 import { z } from "@hono/zod-openapi";
 import { normaliseUsername } from "../config.js";
-import { isRealInstant } from "../time.js";
+import { isRealInstant, parseInstant } from "../time.js";
 import { PASSWORD_MAX, PASSWORD_MIN, passwordLength } from "../services/passwords.js";
 
 export const ErrorBody = z
@@ -38,11 +38,14 @@ export const Username = z
   .transform((u) => normaliseUsername(u)!)
   .openapi({ example: "alice", type: "string" });
 
-/** An ISO 8601 date or date-time that names a real day ("2021-02-30" is refused, not moved to March). */
+/**
+ * An ISO 8601 date or date-time that names a real day ("2021-02-30" is refused, not moved to
+ * March); without a zone, in UTC.
+ */
 export const Instant = z
   .string({ error: "expected an ISO 8601 date or time" })
   .refine(isRealInstant, { error: "expected an ISO 8601 date or time, e.g. 2026-11-23T10:00:00Z" })
-  .transform((s) => new Date(s));
+  .transform(parseInstant);
 
 
 export const Role = z.enum(["admin", "member"], { error: 'expected "admin" or "member"' });

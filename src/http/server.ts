@@ -10,11 +10,19 @@ import type { Duplex } from "node:stream";
  * for a Host header is off: the app refuses its absence itself, with the contract's body
  * (middleware/request-context.ts).
  */
-export function listen(fetch: (req: Request) => Response | Promise<Response>, at: { hostname: string; port: number }, onListening: (info: AddressInfo) => void): Server {
+export function listen(
+  fetch: (req: Request) => Response | Promise<Response>,
+  at: { hostname: string; port: number },
+  onListening: (info: AddressInfo) => void,
+  onRefused?: (r: RefusedRequest) => void,
+): Server {
   const server = serve({ fetch, hostname: at.hostname, port: at.port, serverOptions: { requireHostHeader: false } }, onListening) as Server;
-  configureServer(server);
+  configureServer(server, onRefused);
   return server;
 }
+
+/** A request answered by the server itself (configureServer), before any route: for the log and metrics. */
+export type RefusedRequest = { status: number; requestId: string | null; error: string; code: string | undefined; ip: string | undefined };
 
 /**
  * Timeouts, and an answer of ours to a request Node's parser refuses before any route sees it (a
@@ -22,7 +30,7 @@ export function listen(fetch: (req: Request) => Response | Promise<Response>, at
  * X-Request-Id, instead of Node's bare "400 Bad Request". Node's own 431 for headers over its
  * limit is kept, the one answer the contract leaves without an id.
  */
-export function configureServer(server: Server): void {
+export function configureServer(server: Server, onRefused?: (r: RefusedRequest) => void): void {
   server.keepAliveTimeout = 65_000; // longer than common load balancers' idle timeout
   server.headersTimeout = 20_000;
   server.requestTimeout = 60_000;
@@ -35,8 +43,10 @@ export function configureServer(server: Server): void {
       socket.destroy();
       return;
     }
+    const ip = (socket as Duplex & { remoteAddress?: string }).remoteAddress;
     if (err.code === "HPE_HEADER_OVERFLOW") {
       socket.end("HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n");
+      onRefused?.({ status: 431, requestId: null, error: "headers_too_large", code: err.code, ip });
       return;
     }
     const timeout = err.code === "ERR_HTTP_REQUEST_TIMEOUT";
@@ -51,5 +61,6 @@ export function configureServer(server: Server): void {
         `Content-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
         `X-Request-Id: ${requestId}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n${body}`,
     );
+    onRefused?.({ status: timeout ? 408 : 400, requestId, error: timeout ? "request_timeout" : "invalid_params", code: err.code, ip });
   });
 }

@@ -49,7 +49,8 @@ export function createUpstreamClient(opts: {
   const origin = opts.baseUrl.origin;
   const basePath = opts.baseUrl.pathname.replace(/\/$/, "");
   const connectTimeout = Math.min(opts.connectTimeoutMs ?? 3_000, opts.timeoutMs);
-  const headersTimeout = Math.min(opts.headersTimeoutMs ?? 10_000, opts.timeoutMs);
+  // (the whole deadline by default: UPSTREAM_TIMEOUT_MS=20000 waits 20 s for an answer, not 10)
+  const headersTimeout = Math.min(opts.headersTimeoutMs ?? opts.timeoutMs, opts.timeoutMs);
   const pool = new Pool(origin, {
     connections: opts.connections ?? 64,
     pipelining: 1,

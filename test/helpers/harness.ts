@@ -6,7 +6,7 @@ import type { AddressInfo } from "node:net";
 import type { Server } from "node:http";
 import { sql } from "drizzle-orm";
 import { inject } from "vitest";
-import { createApp } from "../../src/app.js";
+import { createApp, refusedRequestRecorder } from "../../src/app.js";
 import type { AuditEventView } from "../../src/services/audit.js";
 import { listen } from "../../src/http/server.js";
 import { loadConfig, type Config } from "../../src/config.js";
@@ -35,20 +35,19 @@ export async function freshDatabase(): Promise<TestDatabase> {
     await admin.db.execute(sql.raw(`create database "${name}" template "${template}"`));
     const url = withDatabase(serverUrl, name);
     const db = await openPostgres(url, { max: 10 });
-    return {
-      ...db,
+    // (the object itself, not a copy: a spread would freeze its poolMax getter at this moment)
+    return Object.assign(db, {
       url,
-      close: db.close,
       async drop() {
         await db.close();
         await admin.db.execute(sql.raw(`drop database if exists "${name}" with (force)`));
         await admin.close();
       },
-    };
+    });
   }
   const file = inject("pgliteTemplate")!;
   const db = await openPglite(undefined, { loadDataDir: new Blob([readFileSync(file)]) });
-  return { ...db, drop: db.close };
+  return Object.assign(db, { drop: db.close });
 }
 
 export type CallOptions = {
@@ -157,7 +156,7 @@ export async function startService(opts: {
   await ensureFirstAdmin(deps, () => {});
   const app = createApp(deps);
   const server = await new Promise<Server>((resolve) => {
-    const s = listen(app.fetch, { hostname: "127.0.0.1", port: 0 }, () => resolve(s));
+    const s = listen(app.fetch, { hostname: "127.0.0.1", port: 0 }, () => resolve(s), refusedRequestRecorder(deps));
   });
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 

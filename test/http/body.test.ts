@@ -147,6 +147,20 @@ describe("JSON parsing", () => {
     expect(ok.status).toBe(200);
   });
 
+  it("a body of another type on a route whose every field is optional (PATCH a user) is 400 invalid_params field body, and changes nothing", async () => {
+    const u = await svc.addUser(svc.admin.token, "patch-by-text");
+    for (const type of ["text/plain", "application/x-www-form-urlencoded", ""]) {
+      const r = await svc.call("PATCH", `/v1/admin/users/${u.id}`, { token: svc.admin.token, body: '{"disabled":true}', headers: type ? { "content-type": type } : {} });
+      expectErrorBody(r, 400, "invalid_params");
+      expect(r.json.field, type).toBe("body");
+    }
+    expect((await svc.call("GET", "/v1/auth/me", { token: u.token })).status).toBe(200); // not disabled
+    // no body at all is an empty change (200), as JSON it applies
+    expect((await svc.call("PATCH", `/v1/admin/users/${u.id}`, { token: svc.admin.token })).status).toBe(200);
+    const json = await svc.call("PATCH", `/v1/admin/users/${u.id}`, { token: svc.admin.token, json: { disabled: true } });
+    expect(json.json).toMatchObject({ disabled: true });
+  });
+
   it("application/json with a charset and vendor +json types are JSON", async () => {
     const body = JSON.stringify({ username: "root", password: "root-password-1" });
     for (const type of ["application/json; charset=utf-8", "application/vnd.api+json", "APPLICATION/JSON"]) {

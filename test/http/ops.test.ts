@@ -4,9 +4,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createApp } from "../../src/app.js";
 import { expectErrorBody, freshDatabase, startService, type Service, type TestDatabase } from "../helpers/harness.js";
 
+const METRICS_TOKEN = "metrics-scraper-token-0123456789abcdef";
 let svc: Service;
 beforeAll(async () => {
-  svc = await startService();
+  svc = await startService({ env: { METRICS_TOKEN } });
 });
 afterAll(() => svc.close());
 
@@ -29,7 +30,7 @@ describe("/metrics", () => {
     await svc.call("GET", "/v1/auth/me", { token: svc.admin.token });
     await svc.call("PATCH", "/v1/admin/users/6f1c9a9e-3f53-4c1e-9b49-2d3c1c7f0a11", { token: svc.admin.token, json: { role: "member" } });
     await svc.call("GET", "/no/such/path/xyz123");
-    const r = await svc.call("GET", "/metrics");
+    const r = await svc.call("GET", "/metrics", { token: METRICS_TOKEN });
     expect(r.status).toBe(200);
     expect(r.headers.get("content-type")).toMatch(/^text\/plain/);
     expect(r.text).toMatch(/^# HELP http_requests_total /m);
@@ -47,6 +48,44 @@ describe("/metrics", () => {
     // the second had it in memory
     expect(r.text).toMatch(/^session_checks_total\{answer="database"\} [1-9]/m);
     expect(r.text).toMatch(/^session_checks_total\{answer="memory"\} [1-9]/m);
+  });
+});
+
+describe("/metrics on the database's connections", () => {
+  it("db_pool_max_connections counts the lanes' connections with the pool's, as db_pool_connections does (PostgreSQL; PGlite has one)", async () => {
+    const r = await svc.call("GET", "/metrics", { token: METRICS_TOKEN });
+    const max = Number(/^db_pool_max_connections (\d+)/m.exec(r.text)?.[1]);
+    if (svc.database.kind === "pglite") {
+      expect(max).toBe(1);
+      return;
+    }
+    expect(max).toBe(10 + 6); // the pool, and the lanes of deps.ts: 1 + 1 + 1 + 2 + 1
+    const open = [...r.text.matchAll(/^db_pool_connections\{state="[^"]+"\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
+    expect(open).toBeGreaterThan(0);
+    expect(open).toBeLessThanOrEqual(max);
+  });
+});
+
+describe("/metrics needs a token (the contract: tokens on everything but login, refresh, health, JWKS and docs)", () => {
+  it("METRICS_TOKEN or an admin's access token reads it; no token, another token or a member's is refused with the contract's body", async () => {
+    expect((await svc.call("GET", "/metrics", { token: METRICS_TOKEN })).status).toBe(200);
+    expect((await svc.call("GET", "/metrics", { token: svc.admin.token })).status).toBe(200);
+    expectErrorBody(await svc.call("GET", "/metrics"), 401, "unauthorized");
+    expectErrorBody(await svc.call("GET", "/metrics", { token: METRICS_TOKEN.slice(0, -1) + "0" }), 401, "unauthorized");
+    expectErrorBody(await svc.call("GET", "/metrics", { token: METRICS_TOKEN + "x" }), 401, "unauthorized");
+    const member = await svc.addUser(svc.admin.token, "metrics-member");
+    expectErrorBody(await svc.call("GET", "/metrics", { token: member.token }), 403, "forbidden");
+  });
+
+  it("without METRICS_TOKEN only an admin's access token reads it", async () => {
+    const plain = await startService();
+    try {
+      expect((await plain.call("GET", "/metrics", { token: plain.admin.token })).status).toBe(200);
+      expectErrorBody(await plain.call("GET", "/metrics", { token: METRICS_TOKEN }), 401, "unauthorized");
+      expectErrorBody(await plain.call("GET", "/metrics"), 401, "unauthorized");
+    } finally {
+      await plain.close();
+    }
   });
 });
 
@@ -101,13 +140,25 @@ describe("/openapi.json", () => {
     expect(doc.components.schemas.Error?.properties).toHaveProperty("request_id");
   });
 
+  it("documents the answers the README promises: 503 everywhere, 429 where a password is hashed, CSV on the export, 409 on enable", () => {
+    for (const [path, ops] of Object.entries(doc.paths as Record<string, Record<string, { responses: Record<string, unknown> }>>)) {
+      if (!path.startsWith("/v1/") && !path.startsWith("/api/")) continue;
+      for (const [method, op] of Object.entries(ops)) expect(op.responses["503"], `${method} ${path}`).toBeDefined();
+    }
+    expect(doc.paths["/v1/auth/password"].post.responses["429"]).toBeDefined();
+    expect(doc.paths["/v1/admin/users"].post.responses["429"]).toBeDefined();
+    expect(doc.paths["/api/handle/domain/enable"].post.responses["409"]).toBeDefined();
+    expect(Object.keys(doc.paths["/v1/audit/export"].get.responses["200"].content).sort()).toEqual(["application/x-ndjson", "text/csv"]);
+    expect(Object.keys(doc.paths["/metrics"].get.responses).sort()).toEqual(["200", "401", "403"]);
+  });
+
   it("documents every API route the app serves, the JWKS and the operational endpoints included", () => {
     // Every route registered on the app (from src/http/routes), but the documentation itself.
     const app = createApp(svc.deps);
     const served = new Set<string>();
     for (const r of app.routes) {
       if (r.method === "ALL" || r.path === "/*") continue;
-      if (r.path === "/openapi.json" || r.path.startsWith("/docs")) continue;
+      if (r.path.startsWith("/docs/")) continue; // the page's own assets
       served.add(`${r.method.toLowerCase()} ${r.path.replace(/:([A-Za-z_]+)/g, "{$1}")}`);
     }
     for (const [method, path] of documented) expect(served).toContain(`${method} ${path}`);
@@ -171,7 +222,7 @@ describe("the database down", () => {
   let database: TestDatabase;
   beforeAll(async () => {
     database = await freshDatabase();
-    down = await startService({ database });
+    down = await startService({ database, env: { METRICS_TOKEN } });
     // the good case, while the database is up
     expect((await down.call("GET", "/readyz")).status).toBe(200);
     expect((await down.call("POST", "/v1/auth/login", { json: { username: "root", password: "wrong-password" } })).status).toBe(401);
@@ -204,7 +255,8 @@ describe("the database down", () => {
     expectErrorBody(exp, 503, "unavailable");
   });
 
-  it("/metrics still answers", async () => {
-    expect((await down.call("GET", "/metrics")).status).toBe(200);
+  it("/metrics still answers to METRICS_TOKEN (which needs no database); an access token gets 503", async () => {
+    expect((await down.call("GET", "/metrics", { token: METRICS_TOKEN })).status).toBe(200);
+    expectErrorBody(await down.call("GET", "/metrics", { token: down.admin.token }), 503, "unavailable");
   });
 });

@@ -130,6 +130,19 @@ describe("a request Node's parser refuses before any route", () => {
     expect(head).toMatch(/\r\nx-content-type-options: nosniff\r\n/i);
     expect(head).toMatch(/\r\ncache-control: no-store\r\n/i);
     if (field === "Host") expect(head).toMatch(/\r\nreferrer-policy: no-referrer\r\n/i); // the app's answer: every answer's headers
+    // its request id is in the log, as every request's is, and it is counted
+    const line = svc.logs.find((l) => l.request_id === id);
+    expect(line, "a log line with its X-Request-Id").toMatchObject({ msg: "request", status: 400 });
+  });
+
+  it("is counted in http_requests_total{route=\"unparsed\"}, its log line naming the parser's code and no header of it", async () => {
+    await onSocket("GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header sekrit-value-123\r\n\r\n");
+    const metrics = await svc.call("GET", "/metrics", { token: svc.admin.token });
+    expect(metrics.text).toMatch(/^http_requests_total\{route="unparsed",method="unknown",status="400"\} [1-9]/m);
+    const lines = svc.logs.filter((l) => l.route === "unparsed");
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines.at(-1)).toMatchObject({ status: 400, error: "invalid_params", parser_code: expect.stringMatching(/^HPE_/), ip: "127.0.0.1" });
+    expect(svc.rawLogs.join("")).not.toContain("sekrit-value-123");
   });
 
   it("on a keep-alive connection that has served a request already, too", async () => {
@@ -152,5 +165,6 @@ describe("a request Node's parser refuses before any route", () => {
     const answer = await onSocket(`GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`);
     expect(answer).toMatch(/^HTTP\/1\.1 431 /);
     expect(answer.toLowerCase()).not.toContain("x-request-id");
+    expect(svc.logs.filter((l) => l.route === "unparsed" && l.status === 431)).not.toHaveLength(0);
   });
 });

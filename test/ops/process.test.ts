@@ -176,7 +176,7 @@ describe("the service process", () => {
       const dashed = await cli(["user", "add", "--", "-ops"], env, "a long password\n");
       expect(dashed.stdout, dashed.stderr).toMatch(/created member -ops/);
       expect((await cli(["user", "passwd", "--", "-ops"], env, "another long password\n")).code).toBe(0);
-      for (const args of [["user", "add", "dave", "--rol", "admin"], ["user", "add", "dave", "erin"], ["user", "add"], ["user", "passwd", "alice", "--force"], ["vault", "status", "now"]]) {
+      for (const args of [["user", "add", "dave", "--rol", "admin"], ["user", "add", "dave", "erin"], ["user", "add"], ["user", "passwd", "alice", "--force"], ["vault", "status", "now"], ["migrate", "--dry-run"], ["migrate", "extra"]]) {
         const r = await cli(args, env, "a long password\n");
         expect(r.code, args.join(" ")).toBe(2);
         expect(r.stdout, args.join(" ")).not.toMatch(/created/);

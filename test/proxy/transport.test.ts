@@ -101,3 +101,20 @@ describe("connection refused", () => {
     expectNoSecrets(ctx);
   });
 });
+
+describe("a deadline above 10 s (UPSTREAM_TIMEOUT_MS=13000)", () => {
+  let ctx: Ctx;
+  let user: { id: string; token: string };
+  beforeAll(async () => {
+    ctx = await startPair({ env: { UPSTREAM_TIMEOUT_MS: "13000" } });
+    user = await ctx.svc.addUser(ctx.svc.admin.token, "slow");
+    await storeKey(ctx, user.token, "slow-key");
+  });
+  afterAll(() => ctx?.close());
+
+  it("waits for an answer that takes longer than 10 s and comes within it", async () => {
+    ctx.sim.faults.push({ kind: "delay", ms: 10_800 });
+    const r = await post(ctx, CREATE, user.token, { handle: "patient" });
+    expect(r.status, r.text).toBe(200);
+  }, 30_000);
+});

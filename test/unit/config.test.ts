@@ -19,7 +19,7 @@ const ALL_VARS = [
   "DATABASE_URL", "DATA_DIR", "HOST", "PORT", "HALTMAN_BASE_URL", "UPSTREAM_TIMEOUT_MS", "VAULT_KEYRING",
   "BOOTSTRAP_ADMIN_USERNAME", "BOOTSTRAP_ADMIN_PASSWORD", "JWT_ISSUER", "JWT_AUDIENCE", "ACCESS_TOKEN_TTL",
   "REFRESH_TOKEN_TTL", "RATE_LIMIT_HANDLE_CREATE", "RATE_LIMIT_DOMAIN_ENABLE", "RATE_LIMIT_KEY", "RATE_LIMIT_GLOBAL",
-  "HALTMAN_BOT_TOKEN", "HALTMAN_BOT_SOURCE", "TRUST_PROXY", "CORS_ORIGINS", "LOG_LEVEL",
+  "HALTMAN_BOT_TOKEN", "HALTMAN_BOT_SOURCE", "METRICS_TOKEN", "TRUST_PROXY", "CORS_ORIGINS", "LOG_LEVEL",
 ];
 
 describe("loadConfig defaults", () => {
@@ -125,6 +125,10 @@ describe("bad values", () => {
     // the keyring's syntax is reported with the rest (by position and id, never its material)
     ["VAULT_KEYRING", { VAULT_KEYRING: `k1:${SECRET}` }],
     ["VAULT_KEYRING", { VAULT_KEYRING: `${GOOD_KEYRING},${GOOD_KEYRING}` }],
+    // several bad entries: still one line for the variable
+    ["VAULT_KEYRING", { VAULT_KEYRING: `k1:${SECRET},k2:${SECRET}x,bad id:${SECRET}` }],
+    ["METRICS_TOKEN", { METRICS_TOKEN: `short-${SECRET}` }],
+    ["METRICS_TOKEN", { METRICS_TOKEN: `${SECRET} ${SECRET} ${SECRET}` }],
     ["HOST", { HOST: `bad host ${SECRET}!` }],
     ["PORT", { PORT: `${SECRET}` }],
     ["PORT", { PORT: "70000" }],
@@ -341,6 +345,18 @@ describe("the key's and the global bucket under upstream's limits", () => {
     expect(burstUnder(policy("300/min"), 300)).toBe(1);
     expect(burstUnder(policy("5/s"), 300)).toBe(1);
     expect(burstUnder(policy("2/s"), 120)).toBe(1);
+  });
+
+  it("METRICS_TOKEN is kept as given; HALTMAN_BASE_URL ending in /api warns (the calls carry /api themselves), another path does not", () => {
+    expect(loadConfig({ METRICS_TOKEN: "a".repeat(32) }).metricsToken).toBe("a".repeat(32));
+    expect(loadConfig({}).metricsToken).toBeUndefined();
+    for (const base of ["https://mail.example.com/api", "https://mail.example.com/gw/api/"]) {
+      const w = loadConfig({ HALTMAN_BASE_URL: base }).warnings;
+      expect(w, base).toHaveLength(1);
+      expect(w[0]).toMatch(/^HALTMAN_BASE_URL ends in \/api: the calls go to \/.*api\/api\/handle\/create/);
+    }
+    expect(loadConfig({ HALTMAN_BASE_URL: "https://gw.example.com/haltman" }).warnings).toEqual([]);
+    expect(loadConfig({ HALTMAN_BASE_URL: "https://gw.example.com/apis" }).warnings).toEqual([]);
   });
 
   it("a small limit keeps its whole burst; one close to upstream's gets a burst of 1; a faster one is kept as written, with a warning", () => {

@@ -7,8 +7,9 @@ const JSON_TYPE = /^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/i;
 
 /**
  * Parses and validates a JSON body into c.var.body. Text that does not parse is `invalid_json`;
- * JSON of the wrong shape, or a body sent as another content type (not parsed, as upstream does),
- * is `invalid_params` naming the first bad field. Unknown fields are dropped by the schema, and
+ * JSON of the wrong shape is `invalid_params` naming the first bad field, and a body sent as
+ * another content type (not parsed, as upstream does) `invalid_params` naming `body`; no body
+ * at all is `{}`. Unknown fields are dropped by the schema, and
  * whatever is in them is never looked at.
  */
 export function jsonBody<S extends z.ZodType>(schema: S): MiddlewareHandler<AppEnv> {
@@ -16,7 +17,10 @@ export function jsonBody<S extends z.ZodType>(schema: S): MiddlewareHandler<AppE
     let value: unknown = {};
     const type = c.req.header("content-type") ?? "";
     const text = c.get("bodyText") ?? "";
-    if (JSON_TYPE.test(type) && text.trim() !== "") {
+    if (text.trim() !== "") {
+      // A body of another type is not read (as upstream does), and not taken as no body either: a
+      // PATCH whose every field is optional would answer 200 having changed nothing.
+      if (!JSON_TYPE.test(type)) throw invalidParams("body", "the request body must be JSON, sent with Content-Type: application/json");
       try {
         value = JSON.parse(text);
       } catch {

@@ -117,7 +117,7 @@ export function auditRoutes(registry: OpenAPIRegistry) {
       access: "user",
       query: z.object({ ...filterShape, format: z.enum(["ndjson", "csv"], { error: "expected ndjson or csv" }).optional() }),
       responses: {
-        200: { description: "the events", schema: z.string(), contentType: "application/x-ndjson" },
+        200: { description: "the events: NDJSON (format=ndjson) or CSV (format=csv)", schema: z.string(), contentType: ["application/x-ndjson", "text/csv"] },
       },
     },
     async (c, { query }) => {

@@ -91,7 +91,7 @@ export function authRoutes(registry: OpenAPIRegistry) {
       tags,
       access: "user",
       body: z.object({ current_password: z.string({ error: "expected a string" }).max(4096, { error: "too long" }).transform(asHashed), new_password: Password }),
-      responses: { 204: { description: "changed" } },
+      responses: { 204: { description: "changed" }, 429: { description: "rate_limited: too many wrong current passwords, or the password hashing queue is full" } },
     },
     async (c, { body }) => {
       await changePassword(c.get("deps"), c.get("user"), requestMeta(c), body);

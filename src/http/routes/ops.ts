@@ -7,6 +7,7 @@ import { Hono } from "hono";
 import { isMigrated } from "../../db/migrate.js";
 import { describeError } from "../../log.js";
 import type { AppEnv } from "../env.js";
+import { requireMetricsReader } from "../middleware/auth.js";
 
 const require = createRequire(import.meta.url);
 const swaggerDir = (() => {
@@ -51,7 +52,13 @@ export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) 
   });
   doc("/healthz", "The process lives", { 200: { description: "alive", schema: Status } });
   doc("/readyz", "The database answers and is migrated", { 200: { description: "ready", schema: Status }, 503: { description: "not ready", schema: Status } });
-  doc("/metrics", "Prometheus metrics", { 200: { description: "Prometheus text format", schema: z.string(), type: "text/plain" } });
+  doc("/metrics", "Prometheus metrics (Bearer METRICS_TOKEN, or an admin's access token)", {
+    200: { description: "Prometheus text format", schema: z.string(), type: "text/plain" },
+    401: { description: "no token, or not METRICS_TOKEN nor a valid access token", schema: Status },
+    403: { description: "an access token of a user who is not an admin", schema: Status },
+  });
+  doc("/openapi.json", "This document (OpenAPI 3.1)", { 200: { description: "the document", schema: z.record(z.string(), z.unknown()) } });
+  doc("/docs", "The browsable reference (Swagger UI) of this document", { 200: { description: "an HTML page", schema: z.string(), type: "text/html" } });
   doc("/.well-known/jwks.json", "Public keys that verify access tokens (ES256, with kid)", {
     200: { description: "a JWK set", schema: z.object({ keys: z.array(z.record(z.string(), z.unknown())) }) },
   });
@@ -71,8 +78,9 @@ export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) 
     }
   });
 
-  app.get("/metrics", async (c) => {
+  app.get("/metrics", requireMetricsReader, async (c) => {
     const { metrics, database, passwords } = c.get("deps");
+    metrics.dbPoolMax.set(database.poolMax);
     const hashing = passwords.stats();
     metrics.passwordHashes.set({ state: "running" }, hashing.running);
     metrics.passwordHashes.set({ state: "waiting" }, hashing.waiting);

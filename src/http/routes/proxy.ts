@@ -80,6 +80,7 @@ export function proxyRoutes(registry: OpenAPIRegistry) {
         200: { description: "upstream's answer", schema: z.object({ ok: z.boolean(), updated: z.boolean(), handle: z.string(), domain: z.string(), disabled: z.boolean() }) },
         403: { description: "upstream's refusal, or `forbidden`" },
         404: { description: "upstream's handle_not_found, or `not_found`" },
+        409: { description: "upstream's conflict" },
         429: { description: "rate_limited" },
         502: { description: "upstream_unavailable, upstream_error, upstream_key_rejected" },
         503: { description: "unavailable" },

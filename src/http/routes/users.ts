@@ -22,7 +22,11 @@ export function userRoutes(registry: OpenAPIRegistry) {
       tags,
       access: "admin",
       body: z.object({ username: Username, password: Password, role: Role }),
-      responses: { 201: { description: "created", schema: UserView }, 409: { description: "conflict: username taken" } },
+      responses: {
+        201: { description: "created", schema: UserView },
+        409: { description: "conflict: username taken" },
+        429: { description: "rate_limited: the password hashing queue is full" },
+      },
     },
     async (c, { body }) => c.json(await createUser(c.get("deps"), c.get("user"), requestMeta(c), body), 201),
   );
