@@ -166,7 +166,10 @@ export async function rotateRefreshToken(ex: Executor, token: string, refreshTtl
     .innerJoin(sessions, eq(sessions.id, refreshTokens.sessionId))
     .innerJoin(users, eq(users.id, sessions.userId))
     .where(eq(refreshTokens.tokenHash, hashRefreshToken(token)))
-    .for("update", { of: refreshTokens })
+    // The session's row too: a revocation (logout, password change, disabling) under way waits
+    // for this rotation or this rotation for it, so a refresh never answers 200 for a session
+    // whose revocation committed while it was deciding.
+    .for("update", { of: [refreshTokens, sessions] })
     .limit(1);
   if (!row) return { ok: false, reason: "unknown" };
   const who = { sessionId: row.sessionId, userId: row.userId };
