@@ -14,7 +14,7 @@ import { keyringUsage } from "./services/keyring-usage.js";
 import { rotateKeyring } from "./services/rotation.js";
 import { PASSWORD_MAX, PASSWORD_MIN, createPasswordHasher, passwordLength } from "./services/passwords.js";
 import { revokeSessions } from "./services/sessions.js";
-import { ROTATION_GRACE_S, WAIT_AFTER_MS, rotateSigningKey, signingKeyStates } from "./services/tokens.js";
+import { PUBLISH_LEAD_MS, ROTATION_GRACE_S, WAIT_AFTER_MS, rotateSigningKey, signingKeyStates } from "./services/tokens.js";
 import { StartupError, loadKeyring, openDatabase, prepareDatabase } from "./startup.js";
 import { migrate } from "./db/migrate.js";
 
@@ -28,9 +28,10 @@ const USAGE = `usage: npm run cli -- <command>
   vault rotate                         re-seal everything under the first VAULT_KEYRING entry
                                        (in batches; safe to interrupt and run again)
   signing-key status                   the access tokens' signing keys, and which one signs
-  signing-key rotate [--now]           a new signing key; the previous ones verify for the access
-                                       tokens' lifetime and a minute more, or with --now (a key
-                                       thought leaked) not at all: frontends refresh their tokens
+  signing-key rotate [--now]           a new signing key, signing 90 s after it is published; the
+                                       previous ones verify for the access tokens' lifetime and
+                                       2.5 minutes more, or with --now (a key thought leaked) not
+                                       at all: frontends refresh their tokens
 `;
 
 const meta = { requestId: `cli-${process.pid}`, ip: null, userAgent: "haltman-bff cli" };
@@ -189,17 +190,16 @@ async function main(argv: string[]) {
       case "signing-key status": {
         const states = await signingKeyStates(db);
         if (states.length === 0) process.stdout.write("no signing key yet (the service makes one at its first start)\n");
-        const at = Date.now();
         for (const k of states) {
-          const retired = k.retiredAt !== null && k.retiredAt.getTime() <= at;
-          const until = k.retiredAt && !retired ? ` until ${k.retiredAt.toISOString()}` : "";
-          const state = retired
-            ? `retired ${k.retiredAt!.toISOString()}`
-            : k.signing
-              ? `signing, verifying${until}`
-              : k.createdAt.getTime() > at - WAIT_AFTER_MS
-                ? `published, signing from ${new Date(k.createdAt.getTime() + WAIT_AFTER_MS).toISOString()}`
-                : `verifying${until}`;
+          const until = k.retiredAt && k.state !== "retired" ? ` until ${k.retiredAt.toISOString()}` : "";
+          const state =
+            k.state === "retired"
+              ? `retired ${k.retiredAt!.toISOString()}`
+              : k.state === "published"
+                ? `published, signing from ${k.signsFrom!.toISOString()}`
+                : k.state === "signing"
+                  ? `signing, verifying${until}`
+                  : `verifying${until}`;
           process.stdout.write(`${k.kid}  created ${k.createdAt.toISOString()}  ${state}  (sealed under "${k.keyringId}")\n`);
         }
         return;
@@ -208,7 +208,7 @@ async function main(argv: string[]) {
         const keyring = loadKeyring(config, log);
         const graceS = args.now ? 0 : config.accessTokenTtlS + ROTATION_GRACE_S;
         const r = await rotateSigningKey(db, keyring, { graceS, meta, via: "cli" });
-        const from = new Date(Date.now() + WAIT_AFTER_MS).toISOString();
+        const from = new Date(r.createdAt.getTime() + PUBLISH_LEAD_MS).toISOString();
         process.stdout.write(
           args.now
             ? `new signing key ${r.kid}; every instance signs with it within ${WAIT_AFTER_MS / 1000} s\n`
@@ -217,7 +217,7 @@ async function main(argv: string[]) {
         for (const k of r.retiring) {
           process.stdout.write(
             args.now
-              ? `  ${k.kid} retired: the access tokens it signed are refused (within ${WAIT_AFTER_MS / 1000} s on every instance); frontends refresh them\n`
+              ? `  ${k.kid} retired: the access tokens it signed are refused (within ${WAIT_AFTER_MS / 1000} s on every instance that reaches the database); frontends refresh them\n`
               : `  ${k.kid} verifies until ${k.retiresAt.toISOString()}\n`,
           );
         }

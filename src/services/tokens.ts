@@ -24,7 +24,7 @@ import {
 } from "jose";
 import type { Keyring } from "../crypto/keyring.js";
 import { isUuid } from "../ids.js";
-import type { Db, Executor } from "../db/client.js";
+import { rowsOf, type Db, type Executor } from "../db/client.js";
 import { signingKeys } from "../db/schema.js";
 import { describeError } from "../log.js";
 import { record, type RequestMeta } from "./audit.js";
@@ -36,14 +36,25 @@ export const CLOCK_TOLERANCE_S = 30;
 export const MAX_TOKEN_LENGTH = 2048;
 /** An instance's copy of the signing keys is read again in the background once this old... */
 export const RELOAD_AFTER_MS = 5_000;
-/** ...and waited for once this old: the bound within which a rotation reaches every instance. */
+/** ...and waited for (WAIT_BOUND_MS at most) once this old: the bound within which a retirement reaches every instance. */
 export const WAIT_AFTER_MS = 10_000;
+/** The longest a signature or a verification waits for that read before going on with its copy. */
+export const WAIT_BOUND_MS = 1_000;
+/** A read of the keys not answered by then is given up (the next may start); reads start at most once a second. */
+export const READ_TIMEOUT_MS = 5_000;
+/** How long a served JWKS may be cached (Cache-Control: max-age). */
+export const JWKS_MAX_AGE_S = 60;
+/**
+ * A new key signs once it has been published this long (on the database's clock): every
+ * instance has read it (WAIT_AFTER_MS), and a JWKS cached before it was published has expired
+ * (JWKS_MAX_AGE_S; jose's createRemoteJWKSet fetches again on an unknown kid after 30 s).
+ */
+export const PUBLISH_LEAD_MS = 90_000;
 /**
  * After a planned rotation the previous keys verify for the access tokens' lifetime and this much
- * more (a minute): a new key signs once it is WAIT_AFTER_MS old, an instance's copy of the keys
- * may be WAIT_AFTER_MS old, and the clock tolerance, and a margin.
+ * more: the lead before the new key signs, the clock tolerance, and a margin.
  */
-export const ROTATION_GRACE_S = (2 * WAIT_AFTER_MS) / 1000 + CLOCK_TOLERANCE_S + 10;
+export const ROTATION_GRACE_S = PUBLISH_LEAD_MS / 1000 + CLOCK_TOLERANCE_S + 30;
 
 export type AccessClaims = { sub: string; sid: string; jti: string; iat: number; exp: number };
 
@@ -53,8 +64,8 @@ export type TokenService = {
   sign(userId: string, sessionId: string): Promise<{ token: string; expiresIn: number }>;
   /** The verified claims, or undefined for any token that is not one of ours and current. */
   verify(token: string): Promise<AccessClaims | undefined>;
-  /** the public keys that verify now (this instance's copy, read again as for a verification) */
-  jwks(): Promise<{ keys: JWK[] }>;
+  /** the public keys that verify now (this instance's copy; a stale one is read again in the background) */
+  jwks(): { keys: JWK[] };
 };
 
 export const signingBinding = (kid: string) => ({ purpose: "jwt-signing-key", table: "signing_keys", id: kid });
@@ -91,17 +102,17 @@ async function loadOrCreateSigningKey(db: Db, keyring: Keyring): Promise<KeyRow>
   });
 }
 
-async function openSigningKey(keyring: Keyring, row: KeyRow): Promise<CryptoKey> {
+async function openSigningKey(keyring: Keyring, row: Pick<KeyRow, "kid" | "keyringId" | "privateSealed">): Promise<CryptoKey> {
   const privateJwk = JSON.parse(
     keyring.open({ keyringId: row.keyringId, box: row.privateSealed }, signingBinding(row.kid)).toString("utf8"),
   ) as JWK;
   return (await importJWK(privateJwk, ACCESS_TOKEN_ALG)) as CryptoKey;
 }
 
-export type SigningKeyRotation = { kid: string; retiring: { kid: string; retiresAt: Date }[] };
+export type SigningKeyRotation = { kid: string; createdAt: Date; retiring: { kid: string; retiresAt: Date }[] };
 
 /**
- * A new signing key, which every instance signs with once it has read it (within WAIT_AFTER_MS).
+ * A new signing key, published at once, which every instance signs with once it is PUBLISH_LEAD_MS old.
  * The keys before it verify for `graceS` more seconds (ROTATION_GRACE_S plus the access tokens'
  * lifetime for a planned rotation), or not at all with `graceS: 0` (a key thought leaked: every
  * access token it signed is refused, and frontends refresh theirs). A key already retiring keeps
@@ -122,7 +133,7 @@ export async function rotateSigningKey(
       .set({ retiredAt: sql`least(coalesce(${signingKeys.retiredAt}, ${until}), ${until})` })
       .where(and(ne(signingKeys.kid, row.kid), or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, sql`now()`))))
       .returning({ kid: signingKeys.kid, retiresAt: signingKeys.retiredAt });
-    const out = { kid: row.kid, retiring: retiring.map((r) => ({ kid: r.kid, retiresAt: r.retiresAt! })) };
+    const out = { kid: row.kid, createdAt: row.createdAt, retiring: retiring.map((r) => ({ kid: r.kid, retiresAt: r.retiresAt! })) };
     await record(tx, {
       action: "signing_key.rotate",
       outcome: "success",
@@ -144,36 +155,69 @@ const verifiesAt = (k: Dated, at: number) => k.retiresAt === null || at < k.reti
 
 /**
  * The keys (given newest first) in the order an instance tries them for signing at `at`: the ones
- * every instance knows, made at least WAIT_AFTER_MS ago (no instance's copy is older, so a token
- * signed with them verifies everywhere), newest first; then the younger ones, oldest first (the
- * first key of all, or the new one when all the others were retired at once). Retired keys are
- * left out.
+ * published at least PUBLISH_LEAD_MS ago (every instance and every JWKS cache knows them, so a
+ * token signed with them verifies everywhere), newest first; then the younger ones, oldest first
+ * (the first key of all, or the new one when all the others were retired at once). Retired keys
+ * are left out. Times are the database's clock, as the instance's copy carries them over (below).
  */
 function signingOrder<K extends Dated>(newestFirst: K[], at: number): K[] {
   const keys = newestFirst.filter((k) => verifiesAt(k, at));
-  const known = keys.filter((k) => k.createdAt <= at - WAIT_AFTER_MS);
+  const known = keys.filter((k) => k.createdAt <= at - PUBLISH_LEAD_MS);
   return [...known, ...keys.filter((k) => !known.includes(k)).reverse()];
 }
 
-export type SigningKeyState = { kid: string; keyringId: string; createdAt: Date; retiredAt: Date | null; signing: boolean };
+export type SigningKeyState = {
+  kid: string;
+  keyringId: string;
+  createdAt: Date;
+  retiredAt: Date | null;
+  /** signing: the instances sign with it; published: it verifies and will sign from `signsFrom`; verifying: it only verifies */
+  state: "signing" | "published" | "verifying" | "retired";
+  signsFrom?: Date;
+};
 
-/** Every signing key, newest first; `signing` marks the one the instances sign with now. */
-export async function signingKeyStates(db: Db, at = Date.now()): Promise<SigningKeyState[]> {
+/** Every signing key, newest first, and its state at `at` (default: the database's clock). */
+export async function signingKeyStates(db: Db, at?: number): Promise<SigningKeyState[]> {
   const rows = await db.select().from(signingKeys).orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
+  const t = at ?? (await rowsOf<{ ms: number }>(db, sql`select (extract(epoch from clock_timestamp()) * 1000)::float8 as ms`))[0]!.ms;
   const dated = rows.map((r) => ({ r, createdAt: r.createdAt.getTime(), retiresAt: r.retiredAt?.getTime() ?? null }));
-  const signer = signingOrder(dated, at)[0]?.r;
-  return rows.map((r) => ({ kid: r.kid, keyringId: r.keyringId, createdAt: r.createdAt, retiredAt: r.retiredAt, signing: r === signer }));
+  const signer = signingOrder(dated, t)[0]?.r;
+  return dated.map(({ r, createdAt, retiresAt }) => {
+    const base = { kid: r.kid, keyringId: r.keyringId, createdAt: r.createdAt, retiredAt: r.retiredAt };
+    if (!verifiesAt({ createdAt, retiresAt }, t)) return { ...base, state: "retired" };
+    if (r === signer) return { ...base, state: "signing" };
+    if (createdAt > t - PUBLISH_LEAD_MS) return { ...base, state: "published", signsFrom: new Date(createdAt + PUBLISH_LEAD_MS) };
+    return { ...base, state: "verifying" };
+  });
 }
 
 type KnownKey = {
   jwk: JWK;
   key: CryptoKey;
-  /** ms since the epoch */
+  /** on this instance's clock (ms since the epoch), carried over from the database's */
   createdAt: number;
-  /** ms since the epoch; null: not retiring */
+  /** likewise; null: not retiring */
   retiresAt: number | null;
-  row: KeyRow;
+  row: Pick<KeyRow, "kid" | "keyringId" | "privateSealed">;
 };
+
+/** `p`, or a rejection once `ms` have passed without its answer. */
+export function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    p.then(
+      (v) => (clearTimeout(t), resolve(v)),
+      (e) => (clearTimeout(t), reject(e)),
+    );
+  });
+}
+
+/** Settles when `p` does or `ms` have passed, whichever comes first (`p` never rejects). */
+const atMost = (p: Promise<void>, ms: number) =>
+  new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    void p.then(() => (clearTimeout(t), resolve()));
+  });
 
 export async function createTokenService(opts: {
   db: Db;
@@ -189,43 +233,71 @@ export async function createTokenService(opts: {
   const now = opts.now ?? Date.now;
   await loadOrCreateSigningKey(opts.db, opts.keyring);
 
-  // The keys that verify, by kid, newest first, with their retirement. An unknown kid also
-  // triggers a read (at most one a second: another instance may sign with a key made since);
-  // everything else is refused without touching the database.
+  // The keys that verify, by kid, newest first, with their retirement. A read is asked for by a
+  // stale copy (freshKeys) or an unknown kid (keyFor); reads start at most once a second, one at
+  // a time, and one not answered in READ_TIMEOUT_MS is given up, so neither a forged kid nor a
+  // database that has stopped answering costs more than a read a second. A key's times come as
+  // ages on the database's clock and are carried over to this instance's at the read: a clock
+  // that runs ahead of the database's must not sign with a key the others have not read.
   let known = new Map<string, KnownKey>();
   let askedAt = 0;
+  let attemptedAt = -Infinity;
+  let applied = 0;
   let reading: Promise<void> | undefined;
   const usable = (k: KnownKey | undefined): k is KnownKey => k !== undefined && verifiesAt(k, now());
 
-  async function readKeys() {
+  async function readKeys(): Promise<{ asked: number; next: Map<string, KnownKey> }> {
     const asked = now();
-    const rows = await opts.db.select().from(signingKeys).orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
+    const rows = await opts.db
+      .select({
+        kid: signingKeys.kid,
+        publicJwk: signingKeys.publicJwk,
+        privateSealed: signingKeys.privateSealed,
+        keyringId: signingKeys.keyringId,
+        ageMs: sql<number>`(extract(epoch from clock_timestamp() - ${signingKeys.createdAt}) * 1000)::float8`,
+        retiresInMs: sql<number | null>`(extract(epoch from ${signingKeys.retiredAt} - clock_timestamp()) * 1000)::float8`,
+      })
+      .from(signingKeys)
+      .orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
     const next = new Map<string, KnownKey>();
     for (const r of rows) {
-      const retiresAt = r.retiredAt ? r.retiredAt.getTime() : null;
-      if (retiresAt !== null && retiresAt <= asked) continue;
+      if (r.retiresInMs !== null && r.retiresInMs <= 0) continue;
       const jwk = r.publicJwk as JWK;
       const key = known.get(r.kid)?.key ?? ((await importJWK(jwk, ACCESS_TOKEN_ALG)) as CryptoKey);
-      next.set(r.kid, { jwk, key, createdAt: r.createdAt.getTime(), retiresAt, row: r });
+      const retiresAt = r.retiresInMs === null ? null : asked + r.retiresInMs;
+      next.set(r.kid, { jwk, key, createdAt: asked - r.ageMs, retiresAt, row: r });
     }
-    known = next;
-    askedAt = asked;
+    return { asked, next };
   }
-  function reload(): Promise<void> {
-    reading ??= readKeys().finally(() => (reading = undefined));
+  const apply = (read: { asked: number; next: Map<string, KnownKey> }) => {
+    if (read.asked < applied) return; // (a read given up, answered after a newer one)
+    applied = read.asked;
+    known = read.next;
+    askedAt = read.asked;
+  };
+  /** The read under way, or a new one; undefined when one started less than a second ago. Never rejects. */
+  function reload(): Promise<void> | undefined {
+    if (reading) return reading;
+    if (now() - attemptedAt < 1_000) return undefined;
+    attemptedAt = now();
+    const read = readKeys();
+    read.then(apply, () => {}); // (also a read given up below, should it still answer)
+    reading = withTimeout(read, READ_TIMEOUT_MS)
+      .then(() => {}, (err: unknown) => {
+        // The keys known so far stay in use, their retirements included; a later call asks again.
+        opts.log?.warn({ err: describeError(err) }, "reading the signing keys failed");
+      })
+      .finally(() => (reading = undefined));
     return reading;
   }
-  /** undefined when the copy is fresh enough to use as it is; otherwise the read to wait for */
+  /** undefined when the copy may be used as it is; otherwise a wait of WAIT_BOUND_MS at most for its read */
   function freshKeys(): Promise<void> | undefined {
     const age = now() - askedAt;
     if (age <= RELOAD_AFTER_MS) return undefined;
-    const r = reload().catch((err) => {
-      // The keys known so far stay in use, their retirements included; the next call asks again.
-      opts.log?.warn({ err: describeError(err) }, "reading the signing keys failed");
-    });
-    return age > WAIT_AFTER_MS ? r : undefined;
+    const r = reload();
+    return r && age > WAIT_AFTER_MS ? atMost(r, WAIT_BOUND_MS) : undefined;
   }
-  await reload();
+  apply(await readKeys()); // (fails the start when the keys cannot be read)
 
   // The private keys opened so far, by kid; a key this keyring cannot open is tried again after
   // the next read of the keys.
@@ -262,8 +334,9 @@ export async function createTokenService(opts: {
     const kid = header.kid;
     if (typeof kid !== "string") throw new Error("no kid");
     let found = known.get(kid);
-    if (!found && now() - askedAt > 1_000) {
-      await reload().catch(() => {});
+    if (!found) {
+      const r = reload(); // (another instance may sign with a key made since our read)
+      if (r) await atMost(r, WAIT_BOUND_MS);
       found = known.get(kid);
     }
     if (!usable(found)) throw new Error("unknown or retired kid");
@@ -336,9 +409,8 @@ export async function createTokenService(opts: {
       verified.set(k, { claims, kid });
       return claims;
     },
-    async jwks() {
-      const wait = freshKeys();
-      if (wait) await wait;
+    jwks() {
+      if (now() - askedAt > RELOAD_AFTER_MS) void reload();
       return { keys: [...known.values()].filter((k) => usable(k)).map((k) => k.jwk) };
     },
   };

@@ -1,23 +1,29 @@
 // Rotating the access tokens' signing key (services/tokens.ts, `npm run cli -- signing-key rotate`):
-// the newest key signs on every instance within WAIT_AFTER_MS, the previous ones verify until
-// their retirement, and a retired key's tokens are refused, the verified-token cache included.
-// Two token services on one database stand for two instances; each has its own clock, moved by
-// the test, so the reload bounds are crossed without waiting for them.
+// a new key is published at once and signs once it is PUBLISH_LEAD_MS old on the database's clock;
+// the previous ones verify until their retirement, and a retired key's tokens are refused, the
+// verified-token cache included. Token services on one database stand for instances. Each has its
+// own clock, which the test moves to cross the bounds of its copy of the keys (RELOAD_AFTER_MS,
+// WAIT_AFTER_MS); a key's age is the database's, so the test ages a key by moving its
+// `created_at` (or `retired_at`) back, as the database's clock would.
+import { eq, sql } from "drizzle-orm";
 import { decodeProtectedHeader } from "jose";
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Keyring } from "../../src/crypto/keyring.js";
+import type { Db } from "../../src/db/client.js";
 import { auditEvents, signingKeys } from "../../src/db/schema.js";
+import { createLogger } from "../../src/log.js";
 import {
+  PUBLISH_LEAD_MS,
   RELOAD_AFTER_MS,
   ROTATION_GRACE_S,
   WAIT_AFTER_MS,
+  WAIT_BOUND_MS,
   createTokenService,
   rotateSigningKey,
   signingKeyStates,
   type TokenService,
 } from "../../src/services/tokens.js";
-import { eq } from "drizzle-orm";
 import { freshDatabase, sleep, type TestDatabase } from "../helpers/harness.js";
 
 const material = (fill: number) => Buffer.alloc(32, fill).toString("base64");
@@ -38,15 +44,26 @@ describe("signing-key rotation", () => {
   });
 
   /** An instance's token service, on a clock the test moves (`at.ms` ahead of the real one). */
-  async function instance(keyring = K1) {
-    const at = { ms: 0 };
-    const tokens = await createTokenService({ db: db.db, keyring, issuer: "haltman-bff", audience: "haltman-bff", accessTtlS: TTL_S, now: () => Date.now() + at.ms });
+  async function instance(keyring = K1, opts: { ahead?: number; db?: Db; log?: ReturnType<typeof createLogger> } = {}) {
+    const at = { ms: opts.ahead ?? 0 };
+    const tokens = await createTokenService({
+      db: opts.db ?? db.db,
+      keyring,
+      issuer: "haltman-bff",
+      audience: "haltman-bff",
+      accessTtlS: TTL_S,
+      now: () => Date.now() + at.ms,
+      ...(opts.log ? { log: opts.log } : {}),
+    });
     return { tokens, at };
   }
   const user = randomUUID();
   const sign = async (t: TokenService) => (await t.sign(user, randomUUID())).token;
+  /** As if the database's clock had moved `ms` on since the key was made. */
+  const age = (kid: string, ms: number) => db.db.update(signingKeys).set({ createdAt: sql`${signingKeys.createdAt} - make_interval(secs => ${ms / 1000})` }).where(eq(signingKeys.kid, kid));
+  const retireNow = (kid: string) => db.db.update(signingKeys).set({ retiredAt: sql`clock_timestamp() - interval '1 second'` }).where(eq(signingKeys.kid, kid));
 
-  it("a planned rotation: every instance signs with the new key once its copy is WAIT_AFTER_MS old; the old key verifies until its retirement, then neither it nor its cached tokens do", async () => {
+  it("a planned rotation: the new key is published at once and signs once PUBLISH_LEAD_MS old; the old one verifies until its retirement, then neither it nor its cached tokens do", async () => {
     const a = await instance();
     const b = await instance();
     const kid1 = a.tokens.kid;
@@ -62,31 +79,44 @@ describe("signing-key rotation", () => {
     expect(retiresAt).toBeGreaterThanOrEqual(before + (TTL_S + ROTATION_GRACE_S) * 1000 - 1000);
     expect(retiresAt).toBeLessThanOrEqual(Date.now() + (TTL_S + ROTATION_GRACE_S) * 1000 + 1000);
 
-    // The new key is published at once and signs only once every instance knows it: an instance
-    // started now (its copy of the keys the newest possible) publishes it and signs with the old.
+    // Published at once (an instance started now has it) and not signing yet, on any instance,
+    // whatever its own clock says, until the database's says the key is PUBLISH_LEAD_MS old.
     const c = await instance();
-    expect((await c.tokens.jwks()).keys.map((k) => k.kid).sort()).toEqual([kid1, r.kid].sort());
+    expect(c.tokens.jwks().keys.map((k) => k.kid).sort()).toEqual([kid1, r.kid].sort());
     expect(kidOf(await sign(c.tokens))).toBe(kid1);
+    b.at.ms = WAIT_AFTER_MS + 1; // b's copy read again: the key is still too young
     expect(kidOf(await sign(b.tokens))).toBe(kid1);
-    // WAIT_AFTER_MS later (no copy is older then), the instances sign with the new key.
-    b.at.ms = WAIT_AFTER_MS + 1;
+
+    await age(r.kid, PUBLISH_LEAD_MS + 1_000);
+    b.at.ms += WAIT_AFTER_MS + 1;
     const fresh = await sign(b.tokens);
     expect(kidOf(fresh)).toBe(r.kid);
     expect(b.tokens.kid).toBe(r.kid);
     c.at.ms = WAIT_AFTER_MS + 1;
     expect(kidOf(await sign(c.tokens))).toBe(r.kid);
-    a.at.ms = WAIT_AFTER_MS + 1;
+    // a, whose copy holds the new key, verifies its tokens; the old key's token still verifies on both
+    a.at.ms = b.at.ms;
     expect(await a.tokens.verify(fresh)).toMatchObject({ sub: user });
-    // the old key's token still verifies on both, and both keys are published
     expect(await a.tokens.verify(old)).toMatchObject({ sub: user });
     expect(await b.tokens.verify(old)).toMatchObject({ sub: user });
-    expect((await b.tokens.jwks()).keys.map((k) => k.kid).sort()).toEqual([kid1, r.kid].sort());
+    expect(b.tokens.jwks().keys.map((k) => k.kid).sort()).toEqual([kid1, r.kid].sort());
 
-    // Past its retirement (the tokens it signed have expired by then, but the cache and the JWKS
-    // must drop it by the retirement itself): b refuses what it had cached and stops publishing it.
-    b.at.ms = retiresAt - Date.now() + 1_000;
+    // Retired (its tokens have expired by then, but the cache and the JWKS must drop it by the
+    // retirement itself): b refuses what it had cached and stops publishing it.
+    await retireNow(kid1);
+    b.at.ms += WAIT_AFTER_MS + 1;
     expect(await b.tokens.verify(old)).toBeUndefined();
-    expect((await b.tokens.jwks()).keys.map((k) => k.kid)).toEqual([r.kid]);
+    expect(b.tokens.jwks().keys.map((k) => k.kid)).toEqual([r.kid]);
+  });
+
+  it("a key's age is the database's: an instance whose clock runs far ahead does not sign with a key just published, nor drop one retiring soon", async () => {
+    const before = await instance();
+    const r = await rotateSigningKey(db.db, K1, { graceS: 60, meta, via: "test" });
+    const ahead = await instance(K1, { ahead: PUBLISH_LEAD_MS + 500 });
+    expect(kidOf(await sign(ahead.tokens))).not.toBe(r.kid);
+    expect(kidOf(await sign(ahead.tokens))).toBe(before.tokens.kid);
+    // the key it signs with retires 60 s from now on the database's clock, not on its own
+    expect(ahead.tokens.jwks().keys.map((k) => k.kid)).toContain(before.tokens.kid);
   });
 
   it("--now (graceS 0): a retired key's tokens are refused once the instance has read the keys, those it had cached included, and a new login's token works", async () => {
@@ -104,11 +134,18 @@ describe("signing-key rotation", () => {
     expect(await a.tokens.verify(cached)).toBeUndefined();
     expect(await a.tokens.verify(uncached)).toBeUndefined();
     const next = await sign(a.tokens);
-    expect(kidOf(next)).toBe(r.kid);
+    expect(kidOf(next)).toBe(r.kid); // the only key left: it signs at once
     expect(await a.tokens.verify(next)).toMatchObject({ sub: user });
-    expect((await a.tokens.jwks()).keys.map((k) => k.kid)).toEqual([r.kid]);
+    expect(a.tokens.jwks().keys.map((k) => k.kid)).toEqual([r.kid]);
+    // the JWKS never waits for the database: a stale copy is served, and read again in the background
     onlyJwks.at.ms = WAIT_AFTER_MS + 1;
-    expect((await onlyJwks.tokens.jwks()).keys.map((k) => k.kid)).toEqual([r.kid]);
+    expect(onlyJwks.tokens.jwks().keys.map((k) => k.kid)).toContain(kid1);
+    let published: (string | undefined)[] = [];
+    for (let i = 0; i < 50 && published[0] !== r.kid; i++) {
+      await sleep(20);
+      published = onlyJwks.tokens.jwks().keys.map((k) => k.kid);
+    }
+    expect(published).toEqual([r.kid]);
     // a new instance starts on the new key and refuses the old one's tokens from the start
     const c = await instance();
     expect(c.tokens.kid).toBe(r.kid);
@@ -133,14 +170,71 @@ describe("signing-key rotation", () => {
     const a = await instance(K1);
     const kid1 = a.tokens.kid;
     const r = await rotateSigningKey(db.db, K2_FIRST, { graceS: TTL_S + ROTATION_GRACE_S, meta, via: "test" });
+    await age(r.kid, PUBLISH_LEAD_MS + 1_000);
     const b = await instance(K2_FIRST);
-    b.at.ms = WAIT_AFTER_MS + 1;
     expect(kidOf(await sign(b.tokens))).toBe(r.kid);
     a.at.ms = WAIT_AFTER_MS + 1;
     const mine = await sign(a.tokens);
     expect(kidOf(mine)).toBe(kid1);
     expect(await b.tokens.verify(mine)).toMatchObject({ sub: user });
     expect(await a.tokens.verify(await sign(b.tokens))).toMatchObject({ sub: user });
+  });
+
+  describe("a database that fails or stops answering", () => {
+    /** db.db, whose select() fails (`down`) or never answers (`hang`), counting the calls. */
+    function flaky() {
+      const state = { mode: "up" as "up" | "down" | "hang", selects: 0 };
+      const wrapped = new Proxy(db.db, {
+        get(target, p, receiver) {
+          if (p !== "select") return Reflect.get(target, p, receiver);
+          return (...args: unknown[]) => {
+            state.selects++;
+            if (state.mode === "down") throw new Error("connection refused");
+            if (state.mode === "hang") return { from: () => ({ orderBy: () => new Promise(() => {}) }) };
+            return (target.select as (...a: unknown[]) => unknown)(...args);
+          };
+        },
+      });
+      return { state, db: wrapped as Db };
+    }
+
+    it("forged kids start at most a read a second, and a failed read is logged once however many calls shared it", async () => {
+      const f = flaky();
+      const lines: string[] = [];
+      const log = createLogger("warn", { write: (l: string) => void lines.push(l) });
+      const a = await instance(K1, { db: f.db, log });
+      const forged = (await sign(a.tokens)).replace(/^[^.]+/, Buffer.from(JSON.stringify({ alg: "ES256", kid: randomUUID(), typ: "JWT" })).toString("base64url"));
+      f.state.mode = "down";
+      a.at.ms = 2_000; // the copy is fresh: only the unknown kid asks for a read
+      f.state.selects = 0;
+      for (let i = 0; i < 50; i++) expect(await a.tokens.verify(forged)).toBeUndefined();
+      expect(f.state.selects).toBe(1);
+      // many calls at once past the waiting bound share one read, and its failure is one line
+      a.at.ms = 4_000 + WAIT_AFTER_MS;
+      f.state.selects = 0;
+      lines.length = 0;
+      const good = await sign(a.tokens); // (the copy's own key still signs and verifies)
+      const all = await Promise.all(Array.from({ length: 200 }, () => a.tokens.verify(good)));
+      expect(all.every((x) => x?.sub === user)).toBe(true);
+      expect(f.state.selects).toBe(1);
+      expect(lines.filter((l) => l.includes("reading the signing keys failed"))).toHaveLength(1);
+    });
+
+    it("a read that never answers holds a verification WAIT_BOUND_MS at most, and the JWKS not at all", async () => {
+      const f = flaky();
+      const a = await instance(K1, { db: f.db });
+      const token = await sign(a.tokens);
+      f.state.mode = "hang";
+      a.at.ms = WAIT_AFTER_MS + 1;
+      const t0 = performance.now();
+      expect(a.tokens.jwks().keys.length).toBeGreaterThan(0);
+      expect(performance.now() - t0).toBeLessThan(50);
+      const verified = await a.tokens.verify(token);
+      const waited = performance.now() - t0;
+      expect(verified).toMatchObject({ sub: user });
+      expect(waited).toBeGreaterThanOrEqual(WAIT_BOUND_MS - 50);
+      expect(waited).toBeLessThan(WAIT_BOUND_MS + 1_500);
+    });
   });
 
   it("records each rotation in the audit log, without the private key, and lists the keys' states", async () => {
@@ -153,13 +247,14 @@ describe("signing-key rotation", () => {
     expect(JSON.stringify(mine.detail)).not.toContain(row!.privateSealed.toString("base64"));
     expect(JSON.stringify(mine.detail)).not.toMatch(/"d"\s*:/);
 
-    // just made, the key is listed first and does not sign yet; WAIT_AFTER_MS later it does
+    // just made, the key is listed first and does not sign yet; PUBLISH_LEAD_MS later it does
     const states = await signingKeyStates(db.db);
-    expect(states[0]).toMatchObject({ kid: r.kid, signing: false, retiredAt: null });
-    expect(states.filter((s) => s.signing)).toHaveLength(1);
-    const later = await signingKeyStates(db.db, Date.now() + WAIT_AFTER_MS + 1);
-    expect(later[0]).toMatchObject({ kid: r.kid, signing: true });
-    expect(later.filter((s) => s.signing)).toHaveLength(1);
+    expect(states[0]).toMatchObject({ kid: r.kid, state: "published", retiredAt: null });
+    expect(states[0]!.signsFrom!.getTime()).toBe(r.createdAt.getTime() + PUBLISH_LEAD_MS);
+    expect(states.filter((s) => s.state === "signing")).toHaveLength(1);
+    const later = await signingKeyStates(db.db, Date.now() + PUBLISH_LEAD_MS + 1_000);
+    expect(later[0]).toMatchObject({ kid: r.kid, state: "signing" });
+    expect(later.filter((s) => s.state === "signing")).toHaveLength(1);
     for (const s of states.slice(1)) expect(s.retiredAt).toBeInstanceOf(Date);
     expect(states.every((s) => s.keyringId === "s1" || s.keyringId === "s2")).toBe(true);
   });

@@ -77,6 +77,20 @@ describe("/metrics needs a token (the contract: tokens on everything but login, 
     expectErrorBody(await svc.call("GET", "/metrics", { token: member.token }), 403, "forbidden");
   });
 
+  it("a database that has stopped answering does not hold the scrape (its count of connections is given up after half a second)", async () => {
+    const hung = await startService({ env: { METRICS_TOKEN } });
+    try {
+      hung.deps.database.poolConnections = () => new Promise(() => {});
+      const t0 = performance.now();
+      const r = await hung.call("GET", "/metrics", { token: METRICS_TOKEN });
+      expect(r.status).toBe(200);
+      expect(performance.now() - t0).toBeLessThan(2_000);
+      expect(r.text).toMatch(/^# TYPE http_requests_total counter$/m);
+    } finally {
+      await hung.close();
+    }
+  });
+
   it("without METRICS_TOKEN only an admin's access token reads it", async () => {
     const plain = await startService();
     try {

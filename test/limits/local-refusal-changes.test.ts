@@ -1,7 +1,8 @@
 // The instance's own refusals (services/refusals.ts) after a change that ends them: a limit raised
 // while the database's refusal of a call is on its way back (it must not be taken up), and a
-// grant revoked or a key deleted after a refusal (the next call is decided by the database, which
-// checks the key first: 403, not the instance's 429). Both found in review.
+// grant revoked, a key deleted, a key granted or stored after a refusal (the next call is decided
+// by the database, which checks the key first: 403 or 400 key_required, not the instance's 429).
+// Found in review.
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { Admitter } from "../../src/services/admission.js";
 import { expectErrorBody } from "../helpers/harness.js";
@@ -69,4 +70,24 @@ it("a key deleted after its owner was refused: the owner's next call is 403 forb
   expect((await post(ctx, CREATE, owner.token, { handle: handle() })).status).toBe(429);
   expect((await ctx.svc.call("DELETE", `/v1/keys/${key.id}`, { token: owner.token })).status).toBe(204);
   expectErrorBody(await post(ctx, CREATE, owner.token, { handle: handle() }), 403, "forbidden");
+});
+
+it("refused for their limit, then granted a second key: the next call (no X-Key-Id) is 400 key_required, not 429", async () => {
+  const owner = await ctx.svc.addUser(ctx.svc.admin.token, "nk-owner");
+  const u = await ctx.svc.addUser(ctx.svc.admin.token, "nk-user");
+  await storeKey(ctx, u.token, "own");
+  expect((await post(ctx, CREATE, u.token, { handle: handle() })).status).toBe(200);
+  expect((await post(ctx, CREATE, u.token, { handle: handle() })).status).toBe(429); // the database's refusal
+  const key = await storeKey(ctx, owner.token, "other");
+  await grantKey(ctx, owner.token, key.id, "nk-user");
+  expectErrorBody(await post(ctx, CREATE, u.token, { handle: handle() }), 400, "key_required");
+});
+
+it("refused for their limit, then storing a second key of their own: the next call (no X-Key-Id) is 400 key_required, not 429", async () => {
+  const u = await ctx.svc.addUser(ctx.svc.admin.token, "nk-storer");
+  await storeKey(ctx, u.token, "first");
+  expect((await post(ctx, CREATE, u.token, { handle: handle() })).status).toBe(200);
+  expect((await post(ctx, CREATE, u.token, { handle: handle() })).status).toBe(429);
+  await storeKey(ctx, u.token, "second");
+  expectErrorBody(await post(ctx, CREATE, u.token, { handle: handle() }), 400, "key_required");
 });

@@ -62,6 +62,9 @@ export function keyRoutes(registry: OpenAPIRegistry) {
     },
     async (c, { body }) => {
       const k = await createKey(c.get("deps").db, c.get("deps").vault, caller(c), requestMeta(c), body);
+      // The caller's keys changed: their next call chooses again (a second key needs X-Key-Id),
+      // decided by the database, not refused here for a limit first (services/refusals.ts).
+      c.get("deps").refusals.forgetUser(caller(c).id);
       return c.json({ id: k.id, name: k.name, last4: k.last4, status: k.status, created_at: k.created_at }, 201);
     },
   );
@@ -120,14 +123,14 @@ export function keyRoutes(registry: OpenAPIRegistry) {
       }),
       responses: { 201: { description: "granted", schema: GrantView }, 404: { description: "not_found" }, 409: { description: "conflict" } },
     },
-    async (c, { body }) =>
-      c.json(
-        await createGrant(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!, {
-          username: body.username,
-          expires_at: body.expires_at ?? undefined,
-        }),
-        201,
-      ),
+    async (c, { body }) => {
+      const g = await createGrant(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!, {
+        username: body.username,
+        expires_at: body.expires_at ?? undefined,
+      });
+      c.get("deps").refusals.forgetUser(g.user.id); // (as a new key's, above)
+      return c.json(g, 201);
+    },
   );
 
   defineRoute(

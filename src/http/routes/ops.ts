@@ -8,6 +8,10 @@ import { isMigrated } from "../../db/migrate.js";
 import { describeError } from "../../log.js";
 import type { AppEnv } from "../env.js";
 import { requireMetricsReader } from "../middleware/auth.js";
+import { JWKS_MAX_AGE_S, withTimeout } from "../../services/tokens.js";
+
+/** How long a scrape waits for the database's count of our connections before going without it. */
+const POOL_READ_TIMEOUT_MS = 500;
 
 const require = createRequire(import.meta.url);
 const swaggerDir = (() => {
@@ -86,16 +90,19 @@ export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) 
     metrics.passwordHashes.set({ state: "waiting" }, hashing.waiting);
     try {
       metrics.dbPoolConnections.reset();
-      for (const [state, n] of Object.entries(await database.poolConnections())) metrics.dbPoolConnections.set({ state }, n);
+      // (bounded: a database that has stopped answering must not hold the scrape, which needs none)
+      for (const [state, n] of Object.entries(await withTimeout(database.poolConnections(), POOL_READ_TIMEOUT_MS))) {
+        metrics.dbPoolConnections.set({ state }, n);
+      }
     } catch {
       // the database being down is itself visible in the request metrics and /readyz
     }
     return c.text(await metrics.registry.metrics(), 200, { "Content-Type": metrics.registry.contentType });
   });
 
-  app.get("/.well-known/jwks.json", async (c) => {
-    c.header("Cache-Control", "public, max-age=300");
-    return c.json(await c.get("deps").tokens.jwks());
+  app.get("/.well-known/jwks.json", (c) => {
+    c.header("Cache-Control", `public, max-age=${JWKS_MAX_AGE_S}`);
+    return c.json(c.get("deps").tokens.jwks());
   });
 
   let document: unknown;
