@@ -24,7 +24,7 @@ export const VERSION = "0.1.0";
 
 /** SQLSTATEs and driver codes meaning "the database cannot do this now", not "this is a bug". */
 const UNAVAILABLE_CODES = new Set([
-  "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND",
+  "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH",
   "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
   "42501", // insufficient_privilege: e.g. the audit table made unwritable
   "25006", // read_only_sql_transaction: a replica or a read-only database
@@ -34,7 +34,9 @@ const UNAVAILABLE_CODES = new Set([
   "42P01", // undefined_table: a store taken away (a botched migration or restore) is down, not a bug of the request
   "42883", // undefined_function: likewise (a database of another version)
 ]);
-const UNAVAILABLE_CLASSES = ["08", "53", "57", "58"]; // connection, resources, operator intervention, system (I/O) errors
+// connection, authorization (credentials changed under us), the database itself gone (3D000:
+// dropped or renamed), resources, operator intervention, system (I/O) errors
+const UNAVAILABLE_CLASSES = ["08", "28", "3D", "53", "57", "58"];
 
 export function isDatabaseUnavailable(err: unknown): boolean {
   for (let e = err, i = 0; e && i < 5; e = (e as { cause?: unknown }).cause, i++) {

@@ -172,6 +172,8 @@ async function main(argv: string[]) {
           const state = keyring.has(id) ? (id === keyring.activeId ? "active" : "configured") : "MISSING from VAULT_KEYRING";
           process.stdout.write(`  ${id} (${state}): ${total} sealed item(s)${where ? ` (${where})` : ""}\n`);
         }
+        // (scriptable: an entry still in use and missing from VAULT_KEYRING is a failure)
+        if (ids.some((id) => !keyring.has(id) && usage.some((u) => u.keyringId === id && u.count > 0))) process.exit(1);
         return;
       }
       case "vault rotate": {
@@ -181,6 +183,13 @@ async function main(argv: string[]) {
         });
         const parts = Object.entries(report.byTable).map(([t, n]) => `${t}: ${n}`).join(", ");
         process.stdout.write(`re-sealed ${report.resealed} item(s) under "${keyring.activeId}"${parts ? ` (${parts})` : ""}\n`);
+        await record(db, {
+          action: "keyring.rotate",
+          outcome: "success",
+          actor: null,
+          meta,
+          detail: { via: "cli", active: keyring.activeId, resealed: report.resealed, by_table: report.byTable, skipped: report.skipped },
+        });
         if (report.skipped > 0) {
           process.stderr.write(`${report.skipped} item(s) could not be opened and were left as they are; see \`vault status\`\n`);
           process.exit(1);

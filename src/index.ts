@@ -1,5 +1,5 @@
 // Entry: config -> dependencies -> serve(createApp(deps)); graceful shutdown on SIGTERM/SIGINT.
-import { createApp, refusedRequestRecorder } from "./app.js";
+import { createApp, isDatabaseUnavailable, refusedRequestRecorder } from "./app.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { KeyringError } from "./crypto/keyring.js";
 import { createDeps } from "./deps.js";
@@ -91,6 +91,14 @@ main().catch((err) => {
   if (err instanceof StartupError || err instanceof KeyringError) {
     process.stderr.write(`startup: ${err.message}\n`);
     process.exit(78);
+  }
+  if (isDatabaseUnavailable(err)) {
+    // An operator's problem to fix (a database missing, unreachable, or refusing us), told in a
+    // line; EX_UNAVAILABLE, for a supervisor to start it again later.
+    const d = describeError(err);
+    const where = process.env.DATABASE_URL ? "the database of DATABASE_URL" : "the embedded database";
+    process.stderr.write(`startup: ${where} cannot be used: ${d.message ?? "unreachable"}${d.code ? ` (${d.code})` : ""}\n`);
+    process.exit(69);
   }
   process.stderr.write(`startup failed: ${JSON.stringify(describeError(err))}\n`);
   process.exit(1);

@@ -8,6 +8,7 @@ import type { Config } from "./config.js";
 import { Keyring } from "./crypto/keyring.js";
 import { openPglite, openPostgres, type Database } from "./db/client.js";
 import { DataDirInUseError } from "./db/data-dir-lock.js";
+import { users } from "./db/schema.js";
 import { migrate } from "./db/migrate.js";
 import type { Deps } from "./deps.js";
 import { bootstrapAdmin } from "./services/accounts.js";
@@ -60,7 +61,7 @@ export async function checkKeyring(database: Database, keyring: Keyring): Promis
   if (missing.length > 0) {
     throw new StartupError(
       `VAULT_KEYRING lacks entr${missing.length > 1 ? "ies" : "y"} ${missing.map((m) => `"${m}"`).join(", ")}, ` +
-        "which still seal stored data: add them back (after the new first entry) and run `npm run cli -- vault rotate` before removing them",
+        `which still ${missing.length > 1 ? "seal" : "seals"} stored data: add ${missing.length > 1 ? "them" : "it"} back (after the new first entry) and run \`npm run cli -- vault rotate\` before removing ${missing.length > 1 ? "them" : "it"}`,
     );
   }
 }
@@ -96,7 +97,15 @@ export async function ensureFirstAdmin(deps: Deps, print: (line: string) => void
     }
     return;
   }
-  if (config.databaseUrl) return;
+  if (config.databaseUrl) {
+    const [any] = await deps.db.select({ id: users.id }).from(users).limit(1);
+    if (!any) {
+      log.warn(
+        "no user exists yet, so nobody can log in: set BOOTSTRAP_ADMIN_USERNAME and BOOTSTRAP_ADMIN_PASSWORD, or run `npm run cli -- user add --role admin <name>`",
+      );
+    }
+    return;
+  }
   const password = randomBytes(18).toString("base64url");
   if (await bootstrapAdmin(deps, { username: "admin", password }, meta)) {
     print(
@@ -105,7 +114,8 @@ export async function ensureFirstAdmin(deps: Deps, print: (line: string) => void
         "  First start: created the admin account of this embedded database.",
         "    username: admin",
         `    password: ${password}`,
-        "  It is shown this once. Change it with POST /v1/auth/password.",
+        "  It is shown this once. Change it with POST /v1/auth/password; lost, set a new one with",
+        "  `npm run cli -- user passwd admin` (the service stopped).",
         "",
       ].join("\n"),
     );

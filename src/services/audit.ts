@@ -23,7 +23,8 @@ export type AuditAction =
   | "grant.revoke"
   | "handle.create"
   | "domain.enable"
-  | "signing_key.rotate";
+  | "signing_key.rotate"
+  | "keyring.rotate";
 
 export const AUDIT_OUTCOMES = ["success", "invalid", "denied", "rate_limited", "upstream_refused", "upstream_error", "unknown"] as const;
 export type AuditOutcome = (typeof AUDIT_OUTCOMES)[number];

@@ -274,3 +274,27 @@ describe("the database down", () => {
     expectErrorBody(await down.call("GET", "/metrics", { token: down.admin.token }), 503, "unavailable");
   });
 });
+
+describe("the database dropped under a running service (PostgreSQL)", () => {
+  it.skipIf(!process.env.TEST_DATABASE_URL)(
+    "a call that needs it is 503 unavailable (3D000 on reconnecting), not 500 (skipped on PGlite: needs TEST_DATABASE_URL)",
+    async () => {
+      const { default: postgres } = await import("postgres");
+      const database = await freshDatabase();
+      const gone = await startService({ database });
+      const url = new URL(database.url!);
+      const name = url.pathname.slice(1);
+      url.pathname = "/postgres";
+      const admin = postgres(url.toString(), { max: 1, onnotice: () => {} });
+      try {
+        await admin.unsafe(`drop database "${name}" with (force)`);
+        expectErrorBody(await gone.call("POST", "/v1/auth/login", { json: { username: "root", password: "root-password-1" } }), 503, "unavailable");
+        expectErrorBody(await gone.call("GET", "/v1/admin/users", { token: gone.admin.token }), 503, "unavailable");
+        expect((await gone.call("GET", "/readyz")).status).toBe(503);
+      } finally {
+        await admin.end();
+        await gone.close();
+      }
+    },
+  );
+});

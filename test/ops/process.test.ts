@@ -70,6 +70,16 @@ describe("the service process", () => {
     expect(out.stderr).not.toContain("secretish-value");
   });
 
+  it("a database it cannot reach at start: one line naming DATABASE_URL and the cause, no stack, exit 69", async () => {
+    const { out, exited } = run({ DATABASE_URL: "postgres://app:Sekrit-pw@127.0.0.1:1/x", VAULT_KEYRING: `k1:${Buffer.alloc(32, 1).toString("base64")}`, PORT: "0" });
+    expect(await exited).toBe(69);
+    const lines = out.stderr.trim().split("\n");
+    expect(lines, out.stderr).toHaveLength(1);
+    expect(lines[0]).toMatch(/^startup: the database of DATABASE_URL cannot be used: .*ECONNREFUSED/);
+    expect(out.stderr).not.toMatch(/\bat .*\.(js|ts):\d+/);
+    expect(out.stderr + out.stdout).not.toContain("Sekrit-pw");
+  }, 30_000);
+
   describe("embedded mode, first start", () => {
     let dataDir: string;
     let sim: Simulator;

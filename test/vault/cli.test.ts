@@ -4,7 +4,9 @@
 import { execFile } from "node:child_process";
 import { resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { eq } from "drizzle-orm";
 import { loadConfig } from "../../src/config.js";
+import { auditEvents } from "../../src/db/schema.js";
 import { createLogger } from "../../src/log.js";
 import { startSimulator, type Simulator } from "../../src/simulator/server.js";
 import { StartupError, prepareDatabase } from "../../src/startup.js";
@@ -101,7 +103,7 @@ describe("the vault CLI", () => {
 
       // With k2 alone the entry k1 is reported missing (status still runs: it is what reports it).
       const missing = await cli(["vault", "status"], { DATABASE_URL: url, VAULT_KEYRING: K2 });
-      expect(missing.code, missing.stderr).toBe(0);
+      expect(missing.code, "an entry in use and missing: exit 1, for scripts").toBe(1);
       expect(missing.stdout).toContain("active entry: k2\n");
       expect(missing.stdout).toContain("  k2 (active): 0 sealed item(s)\n");
       expect(missing.stdout).toContain(`  k1 (MISSING from VAULT_KEYRING): ${counts}\n`);
@@ -124,6 +126,13 @@ describe("the vault CLI", () => {
       expect(rotate.stdout).toContain('re-sealed 4 item(s) under "k2" (haltman_keys: 2, signing_keys: 1, vault_secrets: 1)\n');
       noMaterial(rotate);
       expect(await keyringIds(svc!.deps.db)).toEqual({ haltman_keys: { k2: 2 }, signing_keys: { k2: 1 }, vault_secrets: { k2: 1 } });
+      // audited, with what it did and no material
+      const events = await svc!.deps.db.select().from(auditEvents).where(eq(auditEvents.action, "keyring.rotate"));
+      // (the blind one too, which opened nothing: every run of it is on record)
+      expect(events.sort((a, b) => a.seq - b.seq).map((e) => [e.outcome, e.actorId, e.detail])).toEqual([
+        ["success", null, { via: "cli", active: "k2", resealed: 0, by_table: { haltman_keys: 0 }, skipped: 4 }],
+        ["success", null, { via: "cli", active: "k2", resealed: 4, by_table: { haltman_keys: 2, signing_keys: 1, vault_secrets: 1 }, skipped: 0 }],
+      ]);
 
       const after = await cli(["vault", "status"], { DATABASE_URL: url, VAULT_KEYRING: K2 });
       expect(after.code, after.stderr).toBe(0);
