@@ -28,10 +28,10 @@ const USAGE = `usage: npm run cli -- <command>
   vault rotate                         re-seal everything under the first VAULT_KEYRING entry
                                        (in batches; safe to interrupt and run again)
   signing-key status                   the access tokens' signing keys, and which one signs
-  signing-key rotate [--now]           a new signing key, signing 90 s after it is published; the
-                                       previous ones verify for the access tokens' lifetime and
-                                       2.5 minutes more, or with --now (a key thought leaked) not
-                                       at all: frontends refresh their tokens
+  signing-key rotate [--now]           a new signing key, signing 2 minutes after it is published;
+                                       the previous ones verify for the access tokens' lifetime and
+                                       3 minutes more, or with --now (a key thought leaked) not at
+                                       all: frontends refresh their tokens
 `;
 
 const meta = { requestId: `cli-${process.pid}`, ip: null, userAgent: "haltman-bff cli" };

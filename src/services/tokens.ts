@@ -38,7 +38,7 @@ export const MAX_TOKEN_LENGTH = 2048;
 export const RELOAD_AFTER_MS = 5_000;
 /** ...and waited for (WAIT_BOUND_MS at most) once this old: the bound within which a retirement reaches every instance. */
 export const WAIT_AFTER_MS = 10_000;
-/** The longest a signature or a verification waits for that read before going on with its copy. */
+/** The longest a signature, a verification or the JWKS waits for that read before going on with its copy. */
 export const WAIT_BOUND_MS = 1_000;
 /** A read of the keys not answered by then is given up (the next may start); reads start at most once a second. */
 export const READ_TIMEOUT_MS = 5_000;
@@ -46,10 +46,12 @@ export const READ_TIMEOUT_MS = 5_000;
 export const JWKS_MAX_AGE_S = 60;
 /**
  * A new key signs once it has been published this long (on the database's clock): every
- * instance has read it (WAIT_AFTER_MS), and a JWKS cached before it was published has expired
- * (JWKS_MAX_AGE_S; jose's createRemoteJWKSet fetches again on an unknown kid after 30 s).
+ * instance has read it (WAIT_AFTER_MS); a JWKS served without it (from a copy read before it,
+ * WAIT_AFTER_MS old at most, or served uncacheable) and cached (JWKS_MAX_AGE_S) has expired, and
+ * a verifier that fetched it last could fetch again (jose's createRemoteJWKSet: 30 s after its
+ * last fetch); and a margin.
  */
-export const PUBLISH_LEAD_MS = 90_000;
+export const PUBLISH_LEAD_MS = WAIT_AFTER_MS + JWKS_MAX_AGE_S * 1000 + 30_000 + 20_000;
 /**
  * After a planned rotation the previous keys verify for the access tokens' lifetime and this much
  * more: the lead before the new key signs, the clock tolerance, and a margin.
@@ -64,8 +66,10 @@ export type TokenService = {
   sign(userId: string, sessionId: string): Promise<{ token: string; expiresIn: number }>;
   /** The verified claims, or undefined for any token that is not one of ours and current. */
   verify(token: string): Promise<AccessClaims | undefined>;
-  /** the public keys that verify now (this instance's copy; a stale one is read again in the background) */
-  jwks(): { keys: JWK[] };
+  /** the public keys that verify now (this instance's copy, read again as for a verification) */
+  jwks(): Promise<{ keys: JWK[] }>;
+  /** how old this instance's copy of the keys is (ms): a JWKS from a copy over WAIT_AFTER_MS old must not be cached */
+  keysAgeMs(): number;
 };
 
 export const signingBinding = (kid: string) => ({ purpose: "jwt-signing-key", table: "signing_keys", id: kid });
@@ -87,7 +91,8 @@ async function insertSigningKey(ex: Executor, keyring: Keyring): Promise<KeyRow>
   const sealed = keyring.seal(Buffer.from(JSON.stringify(privateJwk)), signingBinding(kid));
   const [row] = await ex
     .insert(signingKeys)
-    .values({ kid, alg: ACCESS_TOKEN_ALG, publicJwk, privateSealed: sealed.box, keyringId: sealed.keyringId })
+    // (clock_timestamp(): made now, not when its transaction began, which may have waited for the lock)
+    .values({ kid, alg: ACCESS_TOKEN_ALG, publicJwk, privateSealed: sealed.box, keyringId: sealed.keyringId, createdAt: sql`clock_timestamp()` })
     .returning();
   return row!;
 }
@@ -127,11 +132,11 @@ export async function rotateSigningKey(
   return db.transaction(async (tx) => {
     await lockSigningKeys(tx);
     const row = await insertSigningKey(tx, keyring);
-    const until = sql`now() + make_interval(secs => ${Math.max(0, opts.graceS)})`;
+    const until = sql`clock_timestamp() + make_interval(secs => ${Math.max(0, opts.graceS)})`;
     const retiring = await tx
       .update(signingKeys)
       .set({ retiredAt: sql`least(coalesce(${signingKeys.retiredAt}, ${until}), ${until})` })
-      .where(and(ne(signingKeys.kid, row.kid), or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, sql`now()`))))
+      .where(and(ne(signingKeys.kid, row.kid), or(isNull(signingKeys.retiredAt), gt(signingKeys.retiredAt, sql`clock_timestamp()`))))
       .returning({ kid: signingKeys.kid, retiresAt: signingKeys.retiredAt });
     const out = { kid: row.kid, createdAt: row.createdAt, retiring: retiring.map((r) => ({ kid: r.kid, retiresAt: r.retiresAt! })) };
     await record(tx, {
@@ -227,10 +232,14 @@ export async function createTokenService(opts: {
   accessTtlS: number;
   /** verified tokens kept, so a frontend re-sending its token skips the signature check */
   cacheSize?: number;
+  /** the wall clock (tokens' iat and exp) */
   now?: () => number;
+  /** the clock the copy of the keys is timed on (never stepped back); default performance.now, or `now` when given */
+  monotonic?: () => number;
   log?: Logger;
 }): Promise<TokenService> {
   const now = opts.now ?? Date.now;
+  const mono = opts.monotonic ?? (opts.now ? now : () => performance.now());
   await loadOrCreateSigningKey(opts.db, opts.keyring);
 
   // The keys that verify, by kid, newest first, with their retirement. A read is asked for by a
@@ -238,16 +247,19 @@ export async function createTokenService(opts: {
   // a time, and one not answered in READ_TIMEOUT_MS is given up, so neither a forged kid nor a
   // database that has stopped answering costs more than a read a second. A key's times come as
   // ages on the database's clock and are carried over to this instance's at the read: a clock
-  // that runs ahead of the database's must not sign with a key the others have not read.
+  // that runs ahead of the database's must not sign with a key the others have not read. The copy
+  // is timed on a monotonic clock: a wall clock stepped back must not stop the reads.
   let known = new Map<string, KnownKey>();
-  let askedAt = 0;
+  let askedAt = -Infinity;
   let attemptedAt = -Infinity;
+  let reads = 0;
   let applied = 0;
   let reading: Promise<void> | undefined;
-  const usable = (k: KnownKey | undefined): k is KnownKey => k !== undefined && verifiesAt(k, now());
+  const usable = (k: KnownKey | undefined): k is KnownKey => k !== undefined && verifiesAt(k, mono());
 
-  async function readKeys(): Promise<{ asked: number; next: Map<string, KnownKey> }> {
-    const asked = now();
+  async function readKeys(): Promise<{ seq: number; asked: number; next: Map<string, KnownKey> }> {
+    const seq = ++reads;
+    const asked = mono();
     const rows = await opts.db
       .select({
         kid: signingKeys.kid,
@@ -259,27 +271,30 @@ export async function createTokenService(opts: {
       })
       .from(signingKeys)
       .orderBy(desc(signingKeys.createdAt), desc(signingKeys.kid));
+    // Each time errs on the safe side of the read's duration: a key is as young as it was when the
+    // answer came, and retires as soon as it would have when the read was asked.
+    const received = mono();
     const next = new Map<string, KnownKey>();
     for (const r of rows) {
       if (r.retiresInMs !== null && r.retiresInMs <= 0) continue;
       const jwk = r.publicJwk as JWK;
       const key = known.get(r.kid)?.key ?? ((await importJWK(jwk, ACCESS_TOKEN_ALG)) as CryptoKey);
       const retiresAt = r.retiresInMs === null ? null : asked + r.retiresInMs;
-      next.set(r.kid, { jwk, key, createdAt: asked - r.ageMs, retiresAt, row: r });
+      next.set(r.kid, { jwk, key, createdAt: received - r.ageMs, retiresAt, row: r });
     }
-    return { asked, next };
+    return { seq, asked, next };
   }
-  const apply = (read: { asked: number; next: Map<string, KnownKey> }) => {
-    if (read.asked < applied) return; // (a read given up, answered after a newer one)
-    applied = read.asked;
+  const apply = (read: { seq: number; asked: number; next: Map<string, KnownKey> }) => {
+    if (read.seq < applied) return; // (a read given up, answered after a newer one)
+    applied = read.seq;
     known = read.next;
     askedAt = read.asked;
   };
   /** The read under way, or a new one; undefined when one started less than a second ago. Never rejects. */
   function reload(): Promise<void> | undefined {
     if (reading) return reading;
-    if (now() - attemptedAt < 1_000) return undefined;
-    attemptedAt = now();
+    if (mono() - attemptedAt < 1_000) return undefined;
+    attemptedAt = mono();
     const read = readKeys();
     read.then(apply, () => {}); // (also a read given up below, should it still answer)
     reading = withTimeout(read, READ_TIMEOUT_MS)
@@ -292,7 +307,7 @@ export async function createTokenService(opts: {
   }
   /** undefined when the copy may be used as it is; otherwise a wait of WAIT_BOUND_MS at most for its read */
   function freshKeys(): Promise<void> | undefined {
-    const age = now() - askedAt;
+    const age = mono() - askedAt;
     if (age <= RELOAD_AFTER_MS) return undefined;
     const r = reload();
     return r && age > WAIT_AFTER_MS ? atMost(r, WAIT_BOUND_MS) : undefined;
@@ -319,7 +334,7 @@ export async function createTokenService(opts: {
   }
   /** The key to sign with now (signingOrder); a key this keyring cannot open is passed over for the next. */
   async function signer(): Promise<{ kid: string; key: CryptoKey }> {
-    for (const k of signingOrder([...known.values()], now())) {
+    for (const k of signingOrder([...known.values()], mono())) {
       const key = await privateKey(k);
       if (key) {
         for (const kid of opened.keys()) if (!known.has(kid)) opened.delete(kid);
@@ -330,13 +345,14 @@ export async function createTokenService(opts: {
   }
   let current = await signer(); // (fails the start when no key can be opened)
 
-  async function keyFor(header: JWTHeaderParameters, _input: FlattenedJWSInput) {
+  /** The key of a token's kid; `waited`: this verification has waited for a read already (one wait a call). */
+  async function keyFor(header: JWTHeaderParameters, waited: boolean) {
     const kid = header.kid;
     if (typeof kid !== "string") throw new Error("no kid");
     let found = known.get(kid);
     if (!found) {
       const r = reload(); // (another instance may sign with a key made since our read)
-      if (r) await atMost(r, WAIT_BOUND_MS);
+      if (r && !waited) await atMost(r, WAIT_BOUND_MS);
       found = known.get(kid);
     }
     if (!usable(found)) throw new Error("unknown or retired kid");
@@ -375,6 +391,7 @@ export async function createTokenService(opts: {
       if (token.length > MAX_TOKEN_LENGTH) return undefined;
       const wait = freshKeys();
       if (wait) await wait;
+      const waited = wait !== undefined;
       const k = cacheKey(token);
       const hit = verified.get(k);
       const nowS = now() / 1000;
@@ -387,7 +404,7 @@ export async function createTokenService(opts: {
       let kid: string;
       try {
         let header: JWTHeaderParameters;
-        ({ payload, protectedHeader: header } = await jwtVerify(token, keyFor, {
+        ({ payload, protectedHeader: header } = await jwtVerify(token, (h: JWTHeaderParameters, _input: FlattenedJWSInput) => keyFor(h, waited), {
           algorithms: [ACCESS_TOKEN_ALG],
           issuer: opts.issuer,
           audience: opts.audience,
@@ -409,9 +426,11 @@ export async function createTokenService(opts: {
       verified.set(k, { claims, kid });
       return claims;
     },
-    jwks() {
-      if (now() - askedAt > RELOAD_AFTER_MS) void reload();
+    async jwks() {
+      const wait = freshKeys();
+      if (wait) await wait;
       return { keys: [...known.values()].filter((k) => usable(k)).map((k) => k.jwk) };
     },
+    keysAgeMs: () => mono() - askedAt,
   };
 }

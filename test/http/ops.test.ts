@@ -229,6 +229,20 @@ describe("/.well-known/jwks.json", () => {
     const r = await svc.call("GET", "/.well-known/jwks.json", { token: "garbage" });
     expect(r.status).toBe(200);
   });
+
+  it("is cacheable for a minute, but not when this instance's copy of the keys could not be read again in time", async () => {
+    expect((await svc.call("GET", "/.well-known/jwks.json")).headers.get("cache-control")).toBe("public, max-age=60");
+    const tokens = svc.deps.tokens;
+    const keysAgeMs = tokens.keysAgeMs;
+    try {
+      tokens.keysAgeMs = () => 10_001; // (as when the database did not answer the read)
+      const r = await svc.call("GET", "/.well-known/jwks.json");
+      expect(r.status).toBe(200);
+      expect(r.headers.get("cache-control")).toBe("no-store");
+    } finally {
+      tokens.keysAgeMs = keysAgeMs;
+    }
+  });
 });
 
 describe("the database down", () => {

@@ -8,7 +8,7 @@ import { isMigrated } from "../../db/migrate.js";
 import { describeError } from "../../log.js";
 import type { AppEnv } from "../env.js";
 import { requireMetricsReader } from "../middleware/auth.js";
-import { JWKS_MAX_AGE_S, withTimeout } from "../../services/tokens.js";
+import { JWKS_MAX_AGE_S, WAIT_AFTER_MS, withTimeout } from "../../services/tokens.js";
 
 /** How long a scrape waits for the database's count of our connections before going without it. */
 const POOL_READ_TIMEOUT_MS = 500;
@@ -100,9 +100,13 @@ export function opsRoutes(registry: OpenAPIRegistry, info: { version: string }) 
     return c.text(await metrics.registry.metrics(), 200, { "Content-Type": metrics.registry.contentType });
   });
 
-  app.get("/.well-known/jwks.json", (c) => {
-    c.header("Cache-Control", `public, max-age=${JWKS_MAX_AGE_S}`);
-    return c.json(c.get("deps").tokens.jwks());
+  app.get("/.well-known/jwks.json", async (c) => {
+    const { tokens } = c.get("deps");
+    const set = await tokens.jwks(); // (waits for a stale copy's read, a second at most)
+    // A copy that could not be read again in time (the database down) is served, but not for caching:
+    // PUBLISH_LEAD_MS counts on no cached JWKS older than WAIT_AFTER_MS + JWKS_MAX_AGE_S.
+    c.header("Cache-Control", tokens.keysAgeMs() > WAIT_AFTER_MS ? "no-store" : `public, max-age=${JWKS_MAX_AGE_S}`);
+    return c.json(set);
   });
 
   let document: unknown;
