@@ -304,7 +304,14 @@ export function normaliseUsername(raw: string): string | undefined {
  * Never the URL itself in the answer: it may hold a password.
  */
 export function postgresUrlProblem(url: string): string | undefined {
-  const authority = url.slice(url.indexOf("://") + 3).split(/[?/]/)[0]!;
+  // postgres.js ends the authority at the first / or ? and its credentials at the first @: a
+  // password holding one of them unencoded would be taken for a host or a port (and show up in
+  // a connection error).
+  const rest = url.slice(url.indexOf("://") + 3);
+  const end = rest.search(/[/?#]/);
+  if (end >= 0 && rest.indexOf("@", end) >= 0) return "its user name or password holds an unencoded / ? or # (write them as %2F %3F %23)";
+  const authority = rest.split(/[?/]/)[0]!;
+  if (authority.indexOf("@") !== authority.lastIndexOf("@")) return "its user name or password holds an unencoded @ (write it as %40)";
   const at = authority.lastIndexOf("@");
   let hosts: string;
   try {

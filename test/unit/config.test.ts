@@ -122,6 +122,10 @@ describe("bad values", () => {
     ["DATABASE_URL", { DATABASE_URL: `postgres://app:${SECRET}@127.0.0.1:99999/db`, VAULT_KEYRING: GOOD_KEYRING }],
     ["DATABASE_URL", { DATABASE_URL: `postgres://app:${SECRET}@h1:5432,h2:0/db`, VAULT_KEYRING: GOOD_KEYRING }],
     ["DATABASE_URL", { DATABASE_URL: `postgres://app:${SECRET}@bad host/db`, VAULT_KEYRING: GOOD_KEYRING }],
+    // what postgres.js would split at the wrong place, taking part of the password for a host or port
+    ["DATABASE_URL", { DATABASE_URL: `postgres://app:1234/${SECRET}@127.0.0.1:5432/db`, VAULT_KEYRING: GOOD_KEYRING }],
+    ["DATABASE_URL", { DATABASE_URL: `postgres://app:12?${SECRET}@127.0.0.1:5432/db`, VAULT_KEYRING: GOOD_KEYRING }],
+    ["DATABASE_URL", { DATABASE_URL: `postgres://app:pa@${SECRET}@127.0.0.1:5432/db`, VAULT_KEYRING: GOOD_KEYRING }],
     // the keyring's syntax is reported with the rest (by position and id, never its material)
     ["VAULT_KEYRING", { VAULT_KEYRING: `k1:${SECRET}` }],
     ["VAULT_KEYRING", { VAULT_KEYRING: `${GOOD_KEYRING},${GOOD_KEYRING}` }],
