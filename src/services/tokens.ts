@@ -22,7 +22,7 @@ import {
   type JWTHeaderParameters,
   type FlattenedJWSInput,
 } from "jose";
-import type { Keyring } from "../crypto/keyring.js";
+import { KeyringError, type Keyring } from "../crypto/keyring.js";
 import { isUuid } from "../ids.js";
 import { rowsOf, type Db, type Executor } from "../db/client.js";
 import { signingKeys } from "../db/schema.js";
@@ -341,7 +341,9 @@ export async function createTokenService(opts: {
         return { kid: k.row.kid, key };
       }
     }
-    throw new Error("no signing key this keyring can open");
+    // (at start: an entry whose id is right and whose material is not; later it cannot happen, the
+    // key in use being open already)
+    throw new KeyringError(["no signing key opens with it: an entry has the id of the one that sealed them but another key (check the entries' material, not only their ids)"]);
   }
   let current = await signer(); // (fails the start when no key can be opened)
 

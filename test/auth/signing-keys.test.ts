@@ -9,7 +9,7 @@ import { eq, sql } from "drizzle-orm";
 import { decodeProtectedHeader } from "jose";
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Keyring } from "../../src/crypto/keyring.js";
+import { Keyring, KeyringError } from "../../src/crypto/keyring.js";
 import type { Db } from "../../src/db/client.js";
 import { auditEvents, signingKeys } from "../../src/db/schema.js";
 import { createLogger } from "../../src/log.js";
@@ -274,6 +274,14 @@ describe("signing-key rotation", () => {
     await rotateSigningKey(db.db, K1, { graceS: 0, meta, via: "test" });
     a.mono.ms = WAIT_AFTER_MS + 1; // ...while time goes on
     expect(await a.tokens.verify(old)).toBeUndefined();
+  });
+
+  it("a keyring whose entry has the right id and the wrong material fails the start with a KeyringError (exit 78), naming no material", async () => {
+    const wrong = Keyring.parse(`s1:${material(0x77)},s2:${material(0x78)}`);
+    const err = await instance(wrong).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(KeyringError);
+    expect(String((err as Error).message)).toMatch(/^VAULT_KEYRING: no signing key opens with it/);
+    expect(String((err as Error).message)).not.toContain(material(0x77));
   });
 
   it("records each rotation in the audit log, without the private key, and lists the keys' states", async () => {
