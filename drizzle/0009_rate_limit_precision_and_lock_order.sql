@@ -12,7 +12,10 @@
 -- 2. The 7-argument rate_limit_decide() of 0004, kept for instances of the previous version during
 --    a rolling upgrade, locked its buckets in plain key order, where 0008's locks per-user buckets
 --    first and `global` last: an old and a new instance deciding calls of one user at once could
---    deadlock (40P01, a 503 after a second). It now locks in 0008's order.
+--    deadlock (40P01, a 503 after a second). It now locks in 0008's order, and its upsert locks the
+--    rows that exist as well as those it makes, in one statement (DO UPDATE ... WHERE false locks
+--    without writing, as 0008's does): DO NOTHING locked only the rows it made, before the others,
+--    so a new key's bucket was held before the user's existing one.
 CREATE OR REPLACE FUNCTION rate_limit_decide(
   p_keys text[], p_req int[], p_idx int[], p_t float8[], p_period float8[], p_cost float8[],
   p_pause_req int[], p_pause_scope text[], p_skip boolean[] DEFAULT NULL,
@@ -154,7 +157,7 @@ DECLARE
 BEGIN
   INSERT INTO rate_limit_buckets AS b (key, tat)
     SELECT k, now() FROM (SELECT DISTINCT k FROM unnest(p_key) AS k) AS u ORDER BY rate_limit_lock_rank(k), k
-    ON CONFLICT ON CONSTRAINT rate_limit_buckets_pkey DO NOTHING;
+    ON CONFLICT ON CONSTRAINT rate_limit_buckets_pkey DO UPDATE SET tat = b.tat WHERE false;
   FOR rec IN SELECT b.key AS k, extract(epoch from b.tat) * 1000 AS tat_ms, b.t_ms AS t FROM rate_limit_buckets b
              WHERE b.key = ANY (p_key) ORDER BY rate_limit_lock_rank(b.key), b.key FOR UPDATE LOOP
     tats := tats || jsonb_build_object(rec.k, rec.tat_ms);

@@ -1,4 +1,4 @@
-// Instants as clients and cursors write them.
+// Instants as clients and cursors write them; and bounded waits.
 
 /**
  * An ISO 8601 date or date-time that names a real moment: Date.parse rolls "2021-02-30" over to
@@ -27,3 +27,21 @@ const withZone = (s: string) => (/[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?$/.tes
 
 /** The moment an instant that isRealInstant() accepted names. */
 export const parseInstant = (s: string): Date => new Date(withZone(s));
+
+/** `p`, or a rejection once `ms` have passed without its answer. */
+export function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    p.then(
+      (v) => (clearTimeout(t), resolve(v)),
+      (e) => (clearTimeout(t), reject(e)),
+    );
+  });
+}
+
+/** Settles when `p` does or `ms` have passed, whichever comes first (`p` never rejects). */
+export const atMost = (p: Promise<void>, ms: number) =>
+  new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    void p.then(() => (clearTimeout(t), resolve()));
+  });

@@ -27,6 +27,7 @@ import { isUuid } from "../ids.js";
 import { rowsOf, type Db, type Executor } from "../db/client.js";
 import { signingKeys } from "../db/schema.js";
 import { describeError } from "../log.js";
+import { atMost, withTimeout } from "../time.js";
 import { record, type RequestMeta } from "./audit.js";
 
 export const ACCESS_TOKEN_ALG = "ES256";
@@ -205,24 +206,6 @@ type KnownKey = {
   retiresAt: number | null;
   row: Pick<KeyRow, "kid" | "keyringId" | "privateSealed">;
 };
-
-/** `p`, or a rejection once `ms` have passed without its answer. */
-export function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-    p.then(
-      (v) => (clearTimeout(t), resolve(v)),
-      (e) => (clearTimeout(t), reject(e)),
-    );
-  });
-}
-
-/** Settles when `p` does or `ms` have passed, whichever comes first (`p` never rejects). */
-const atMost = (p: Promise<void>, ms: number) =>
-  new Promise<void>((resolve) => {
-    const t = setTimeout(resolve, ms);
-    void p.then(() => (clearTimeout(t), resolve()));
-  });
 
 export async function createTokenService(opts: {
   db: Db;

@@ -1,6 +1,6 @@
 // A rolling upgrade across 0008: instances of the previous version decide with the 7-argument
 // rate_limit_decide() of 0004, the new ones with 0008's, on the same bucket rows. Both must lock
-// them in one order (migrations 0009 and 0010), or an old and a new decision on one user's
+// them in one order (migration 0009), or an old and a new decision on one user's
 // buckets deadlock (40P01, a 503 after a second): whether every bucket exists already, or the
 // key's is new (the old function's upsert locked the rows it made before those that existed).
 // Needs PostgreSQL: PGlite has one connection.

@@ -36,6 +36,15 @@ const KeyName = z
   .refine((s) => s.length >= 1 && s.length <= 100, { error: "expected 1 to 100 characters" })
   .openapi({ type: "string", example: "team key" });
 
+/**
+ * The keys these users may use changed (a key stored or deleted, a grant made or revoked): their
+ * next call is decided by the database, which checks the key choice first, not refused by this
+ * instance for a limit first (services/refusals.ts): the contract checks the key before the limits.
+ */
+function keysChanged(c: Context<AppEnv>, userIds: string[]): void {
+  for (const id of userIds) c.get("deps").refusals.forgetUser(id);
+}
+
 export function keyRoutes(registry: OpenAPIRegistry) {
   const app = new Hono<AppEnv>();
   const tags = ["Key vault"];
@@ -62,9 +71,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
     },
     async (c, { body }) => {
       const k = await createKey(c.get("deps").db, c.get("deps").vault, caller(c), requestMeta(c), body);
-      // The caller's keys changed: their next call chooses again (a second key needs X-Key-Id),
-      // decided by the database, not refused here for a limit first (services/refusals.ts).
-      c.get("deps").refusals.forgetUser(caller(c).id);
+      keysChanged(c, [caller(c).id]);
       return c.json({ id: k.id, name: k.name, last4: k.last4, status: k.status, created_at: k.created_at }, 201);
     },
   );
@@ -97,9 +104,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
     },
     async (c) => {
       const holders = await deleteKey(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!);
-      // Their next call is decided by the database (which checks the key), not refused here for a
-      // limit first: the contract checks the key choice before the limits (services/refusals.ts).
-      for (const id of holders) c.get("deps").refusals.forgetUser(id);
+      keysChanged(c, holders);
       return c.body(null, 204);
     },
   );
@@ -128,7 +133,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
         username: body.username,
         expires_at: body.expires_at ?? undefined,
       });
-      c.get("deps").refusals.forgetUser(g.user.id); // (as a new key's, above)
+      keysChanged(c, [g.user.id]);
       return c.json(g, 201);
     },
   );
@@ -160,7 +165,7 @@ export function keyRoutes(registry: OpenAPIRegistry) {
     },
     async (c) => {
       const grantee = await revokeGrant(c.get("deps").db, caller(c), requestMeta(c), c.req.param("id")!, c.req.param("grant_id")!);
-      c.get("deps").refusals.forgetUser(grantee); // (as a deletion's, above)
+      keysChanged(c, [grantee]);
       return c.body(null, 204);
     },
   );

@@ -8,7 +8,8 @@ import { isMigrated } from "../../db/migrate.js";
 import { describeError } from "../../log.js";
 import type { AppEnv } from "../env.js";
 import { requireMetricsReader } from "../middleware/auth.js";
-import { JWKS_MAX_AGE_S, WAIT_AFTER_MS, withTimeout } from "../../services/tokens.js";
+import { JWKS_MAX_AGE_S, WAIT_AFTER_MS } from "../../services/tokens.js";
+import { withTimeout } from "../../time.js";
 
 /** How long a scrape waits for the database's count of our connections before going without it. */
 const POOL_READ_TIMEOUT_MS = 500;
