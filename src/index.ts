@@ -1,5 +1,6 @@
 // Entry: config -> dependencies -> serve(createApp(deps)); graceful shutdown on SIGTERM/SIGINT.
-import { createApp, isDatabaseUnavailable, refusedRequestRecorder } from "./app.js";
+import { createApp, refusedRequestRecorder } from "./app.js";
+import { isDatabaseUnavailable } from "./db/unavailable.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { KeyringError } from "./crypto/keyring.js";
 import { createDeps } from "./deps.js";

@@ -5,6 +5,7 @@ import type { Deps } from "../deps.js";
 import type { Executor } from "../db/client.js";
 import { sessions, users, type UserRateLimits, type UserRole } from "../db/schema.js";
 import { AppError, conflict, invalidParams, notFound, rateLimited, unauthorized, unavailable } from "../errors.js";
+import { normaliseUsername } from "../config.js";
 import { record, type Actor, type RequestMeta } from "./audit.js";
 import { createSession, revokeSessions, rotateRefreshToken } from "./sessions.js";
 
@@ -46,13 +47,16 @@ export async function login(
   meta: RequestMeta,
   input: { username: string; password: string },
 ): Promise<TokenPair> {
-  const username = input.username.trim().toLowerCase();
+  const typed = input.username.trim();
   // Throttle before any hashing.
   const decision = await deps.limiter.decide([
-    { name: "login_account", key: accountBucket(deps, username), policy: deps.loginLimits.perAccount },
+    { name: "login_account", key: accountBucket(deps, typed.toLowerCase()), policy: deps.loginLimits.perAccount },
     ...(meta.ip ? [{ name: "login_address", key: `login:ip:${meta.ip}`, policy: deps.loginLimits.perAddress }] : []),
   ]);
-  let [user] = await deps.db.select().from(users).where(eq(users.username, username)).limit(1);
+  // A name no account can have is no account's, even where lower-casing would fold it into one
+  // (U+212A KELVIN SIGN becomes "k"): it is an unknown user, answered as any other.
+  const username = normaliseUsername(typed);
+  let [user] = username === undefined ? [] : await deps.db.select().from(users).where(eq(users.username, username)).limit(1);
   if (!decision.allowed) {
     deps.metrics.rateLimitRefusals.inc({ reason: "login" });
     await record(deps.db, {

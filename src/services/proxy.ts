@@ -15,6 +15,7 @@ import { callBuckets, pauseScopes, rateLimitHeaders } from "./limits.js";
 import type { Admission } from "./admission.js";
 import { pauseUpstream, peekStates } from "./rate-limit.js";
 import { openApiKey } from "../crypto/envelope.js";
+import { isDatabaseUnavailable } from "../db/unavailable.js";
 import { userLimitOverrides, type Caller, type ChosenKey } from "./vault.js";
 
 export type ProxyDeps = Pick<Deps, "db" | "config" | "metrics" | "admit" | "upstream" | "chooseKey" | "auditWriter" | "vault" | "refusals">;
@@ -146,6 +147,12 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     const t = takeClaim();
     if (idemKey !== undefined && t) await release(deps.db, user.id, idemKey, t);
   };
+  // After upstream has acted, the claim is settled with the retries of afterUpstream().
+  const settleClaim = (keep?: { status: number; body: string }) => {
+    const t = takeClaim();
+    if (idemKey === undefined || !t) return Promise.resolve();
+    return afterUpstream(() => (keep ? complete(deps.db, user.id, idemKey, t, keep.status, keep.body) : release(deps.db, user.id, idemKey, t)));
+  };
   const claimFor = async (k: ChosenKey): Promise<ProxyAnswer | undefined> => {
     if (idemKey === undefined || claimedFor === k.id) return undefined;
     await releaseClaim(); // the claim made for another key, if any
@@ -237,7 +244,7 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     // stays in the audit log as `unknown`, but the caller still gets upstream's answer.
     const answerBody = mapped.answer instanceof AppError ? undefined : mapped.answer.body;
     const after = await Promise.allSettled([
-      deps.auditWriter.recordOutcome(
+      afterUpstream(() => deps.auditWriter.recordOutcome(
         eventId,
         mapped.outcome,
         mapped.upstreamStatus,
@@ -248,13 +255,9 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
             ? { keyId: chosen.id, status: "rejected", reason: mapped.keyRejected }
             : { keyId: chosen.id, status: mapped.keyAccepted ? "ok" : "unchanged", reason: null }
           : undefined,
-      ),
-      mapped.pause ? pauseUpstream(deps.db, mapped.pause.scope, mapped.pause.seconds) : Promise.resolve(),
-      idemKey !== undefined
-        ? mapped.keep && answerBody !== undefined && !(mapped.answer instanceof AppError)
-          ? complete(deps.db, user.id, idemKey, takeClaim()!, mapped.answer.status, answerBody)
-          : releaseClaim()
-        : Promise.resolve(),
+      )),
+      mapped.pause ? afterUpstream(() => pauseUpstream(deps.db, mapped.pause!.scope, mapped.pause!.seconds)) : Promise.resolve(),
+      settleClaim(mapped.keep && answerBody !== undefined && !(mapped.answer instanceof AppError) ? { status: mapped.answer.status, body: answerBody } : undefined),
     ]);
     for (const r of after) {
       if (r.status === "rejected") req.log.error({ err: describeError(r.reason), event_id: eventId }, "recording a proxied call's outcome failed");
@@ -271,6 +274,27 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
     await releaseClaim().catch(() => {});
     throw err;
   }
+}
+
+/** The waits before a write made after upstream has acted is tried again. */
+export const AFTER_UPSTREAM_RETRIES_MS = [100, 400];
+
+/**
+ * A write made after upstream has acted (the outcome, a pause, the answer kept for repeats): its
+ * failure cannot undo upstream's act, so the caller gets upstream's answer anyway. A database
+ * that is briefly unavailable (a dropped connection, a failover, a serialization failure) is
+ * given two more tries, half a second in all, before the write is given up and logged.
+ */
+async function afterUpstream(write: () => Promise<void>): Promise<void> {
+  for (const wait of AFTER_UPSTREAM_RETRIES_MS) {
+    try {
+      return await write();
+    } catch (err) {
+      if (!isDatabaseUnavailable(err)) throw err;
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+  return write();
 }
 
 const jsonHeaders = { "Content-Type": "application/json; charset=utf-8" };
@@ -334,12 +358,16 @@ export function mapResult(result: UpstreamResult, op: UpstreamOperation, keyId: 
   }
   if (status === 200 || status === 400 || status === 403 || status === 404 || status === 409) {
     const ipBan = status === 403 && (result.json as { ban?: { ban_type?: unknown } }).ban?.ban_type === "ip";
+    // The web framework's own answer (`{"message","error","statusCode"}`: an unknown route, a body
+    // it could not parse) comes before upstream's key check: passed on, but it says nothing of the
+    // key, and is not kept for repeats (a wrong HALTMAN_BASE_URL, fixed, must not replay it).
+    const framework = typeof (result.json as { statusCode?: unknown }).statusCode === "number";
     return {
       answer: { status, body: result.body.toString("utf8"), headers: jsonHeaders },
       outcome: status === 200 ? "success" : "upstream_refused",
       upstreamStatus: status,
-      keep: true,
-      keyAccepted: !ipBan,
+      keep: !framework,
+      keyAccepted: !ipBan && !framework,
     };
   }
   return fail("upstream_error", `Haltman answered an unexpected ${status}`, "upstream_error", status, { upstream_status: status });

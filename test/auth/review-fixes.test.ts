@@ -65,4 +65,14 @@ describe("accounts: review fixes", () => {
     expect(rows.length).toBeGreaterThan(0);
     for (const r of rows) expect(r.key).not.toContain(plain.slice(0, 20));
   });
+
+  it("a name no account can have does not log in as the account it lower-cases to (U+212A KELVIN SIGN into k)", async () => {
+    const kate = await svc.addUser(svc.admin.token, "kelvin-kate");
+    const spoof = "\u212Aelvin-kate";
+    expect(spoof.toLowerCase()).toBe("kelvin-kate");
+    const r = await svc.call("POST", "/v1/auth/login", { json: { username: spoof, password: kate.password } });
+    expectErrorBody(r, 401, "invalid_credentials");
+    const ok = await svc.call("POST", "/v1/auth/login", { json: { username: " Kelvin-Kate ", password: kate.password } });
+    expect(ok.status, "the name as accounts have it, in any case and padded, still logs in").toBe(200);
+  });
 });

@@ -3,7 +3,7 @@ import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { rowsOf } from "../../src/db/client.js";
 import { expectErrorBody } from "../helpers/harness.js";
-import { CREATE, post, startPair, storeKey, type Ctx } from "./common.js";
+import { CREATE, post, receivedDuring, startPair, storeKey, type Ctx } from "./common.js";
 
 describe("proxied calls: review fixes", () => {
   let ctx: Ctx;
@@ -46,5 +46,48 @@ describe("proxied calls: review fixes", () => {
     expect(await status(), "a 5xx says nothing about the key").toBe("rejected");
     expect((await post(ctx, CREATE, ctx.svc.admin.token, { handle: "flag-3" })).status).toBe(200);
     expect(await status()).toBe("ok");
+  });
+
+  it("the web framework's own 404 (an unknown route) is passed on, but neither clears a rejected key nor is kept for repeats", async () => {
+    const status = async () => (await ctx.svc.call("GET", "/v1/keys", { token: ctx.svc.admin.token })).json.keys.find((k: { id: string }) => k.id === key.id).status;
+    ctx.sim.faults.push({ kind: "status", status: 401, body: JSON.stringify({ error: "invalid_or_expired_api_key" }) });
+    expect((await post(ctx, CREATE, ctx.svc.admin.token, { handle: "route-1" })).status).toBe(502);
+    expect(await status()).toBe("rejected");
+    const routeMissing = JSON.stringify({ message: "Cannot POST /api/handle/create", error: "Not Found", statusCode: 404 });
+    ctx.sim.faults.push({ kind: "status", status: 404, body: routeMissing });
+    const r = await post(ctx, CREATE, ctx.svc.admin.token, { handle: "route-2" }, { "idempotency-key": "route-2" });
+    expect(r.status).toBe(404);
+    expect(r.text).toBe(routeMissing);
+    expect(await status(), "upstream never checked the key").toBe("rejected");
+    // The deployment fixed, the repeat reaches upstream (it is not answered the stored 404).
+    const again = await receivedDuring(ctx.sim, () => post(ctx, CREATE, ctx.svc.admin.token, { handle: "route-2" }, { "idempotency-key": "route-2" }));
+    expect(again.result.status).toBe(200);
+    expect(again.received).toHaveLength(1);
+    expect(await status()).toBe("ok");
+  });
+
+  it("an answer whose storing fails once (a serialization failure) is stored on a second try and replayed", async () => {
+    const db = ctx.svc.database.db;
+    // The first update to 'done' fails as a passing fault would; a sequence is not rolled back.
+    await db.execute(sql`create sequence review_done_tries`);
+    await db.execute(sql`create function review_fail_first_done() returns trigger language plpgsql as $$ begin
+      if new.state = 'done' and nextval('review_done_tries') = 1 then raise exception 'passing fault' using errcode = '40001'; end if;
+      return new; end $$`);
+    await db.execute(sql`create trigger review_fail_first_done before update on idempotency_keys for each row execute function review_fail_first_done()`);
+    try {
+      const first = await receivedDuring(ctx.sim, () => post(ctx, CREATE, ctx.svc.admin.token, { handle: "stored-late" }, { "idempotency-key": "stored-late" }));
+      expect(first.result.status).toBe(200);
+      expect(first.received).toHaveLength(1);
+      const [tries] = await rowsOf<{ n: number }>(db, sql`select last_value as n from review_done_tries`);
+      expect(Number(tries!.n), "the failed write was tried again").toBe(2);
+      const repeat = await receivedDuring(ctx.sim, () => post(ctx, CREATE, ctx.svc.admin.token, { handle: "stored-late" }, { "idempotency-key": "stored-late" }));
+      expect(repeat.result.status, "the first answer is replayed, not a 409 in flight").toBe(200);
+      expect(repeat.result.headers.get("idempotent-replayed")).toBe("true");
+      expect(repeat.received).toHaveLength(0);
+    } finally {
+      await db.execute(sql`drop trigger review_fail_first_done on idempotency_keys`);
+      await db.execute(sql`drop function review_fail_first_done()`);
+      await db.execute(sql`drop sequence review_done_tries`);
+    }
   });
 });
