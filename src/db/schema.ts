@@ -122,7 +122,9 @@ export const auditEvents = pgTable(
     detail: jsonb("detail").$type<Record<string, unknown>>(),
   },
   // Listed newest first by (at, seq): every filter has an index that ends in (at, seq), so a page
-  // is an index range scan whatever the filter, time ranges included.
+  // is an index range scan whatever the filter, time ranges included. An outcome is the event's
+  // own (indexed here) or, for a proxied call, its outcome row's (indexed there, by the event's
+  // position). Only `outcome=unknown` (a call whose outcome never came: rare) has none.
   (t) => [
     index("audit_events_at_seq_idx").on(t.at, t.seq),
     index("audit_events_actor_at_idx").on(t.actorId, t.at, t.seq),
@@ -130,16 +132,25 @@ export const auditEvents = pgTable(
     index("audit_events_key_at_idx").on(t.keyId, t.at, t.seq),
     index("audit_events_handle_at_idx").on(t.handle, t.at, t.seq),
     index("audit_events_action_at_idx").on(t.action, t.at, t.seq),
+    index("audit_events_domain_at_idx").on(t.domain, t.at, t.seq).where(sql`${t.domain} is not null`),
+    index("audit_events_outcome_at_idx").on(t.outcome, t.at, t.seq).where(sql`${t.outcome} is not null`),
   ],
 );
 
-export const auditEventOutcomes = pgTable("audit_event_outcomes", {
-  eventId: uuid("event_id").primaryKey(),
-  at: ts("at").notNull().default(sql`clock_timestamp()`),
-  outcome: text("outcome").notNull(),
-  upstreamStatus: smallint("upstream_status"),
-  detail: jsonb("detail").$type<Record<string, unknown>>(),
-});
+export const auditEventOutcomes = pgTable(
+  "audit_event_outcomes",
+  {
+    eventId: uuid("event_id").primaryKey(),
+    at: ts("at").notNull().default(sql`clock_timestamp()`),
+    outcome: text("outcome").notNull(),
+    upstreamStatus: smallint("upstream_status"),
+    detail: jsonb("detail").$type<Record<string, unknown>>(),
+    /** the event's (at, seq), copied by a trigger on insert (migration 0010), for the index below */
+    eventAt: ts("event_at"),
+    eventSeq: bigint("event_seq", { mode: "number" }),
+  },
+  (t) => [index("audit_event_outcomes_outcome_at_idx").on(t.outcome, t.eventAt, t.eventSeq)],
+);
 
 /**
  * Stored Haltman API keys, envelope-encrypted: `sealed_key` is the key sealed by a data key of its

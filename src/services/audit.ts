@@ -2,7 +2,7 @@
 // whose record cannot be written does not happen (fail closed). Nothing secret goes in: callers
 // pass ids and names, never a password, token or key.
 import { randomUUID } from "node:crypto";
-import { and, desc, eq, gte, or, sql, type SQL } from "drizzle-orm";
+import { and, desc, eq, gte, isNull, or, sql, type SQL } from "drizzle-orm";
 import { pgArray } from "../db/arrays.js";
 import type { Database, Executor } from "../db/client.js";
 import { auditEventOutcomes, auditEvents } from "../db/schema.js";
@@ -218,7 +218,16 @@ const outcomeExpr = sql<AuditOutcome>`coalesce(${auditEventOutcomes.outcome}, ${
 /** Where a page ends: the last event's time (to the microsecond, as text) and sequence number. */
 export type AuditPosition = { at: string; seq: number };
 
-function whereFor(viewer: AuditViewer, f: AuditFilters, before?: AuditPosition): SQL | undefined {
+/**
+ * Where a page of events is read from. An outcome filter reads two ordered index scans, merged:
+ * the events whose outcome is their own (`own`) and the proxied calls whose outcome row has it
+ * (`later`, ordered by the event's position copied into that row). Every other query, and
+ * `outcome=unknown` (no outcome anywhere), reads the events (`events`).
+ */
+type Source = "events" | "own" | "later";
+
+function whereFor(viewer: AuditViewer, f: AuditFilters, before: AuditPosition | undefined, source: Source): SQL | undefined {
+  const [at, seq] = positionColumns(source);
   return and(
     // A member sees what they did and what was done with keys they own.
     viewer.role === "admin" ? undefined : or(eq(auditEvents.actorId, viewer.id), eq(auditEvents.keyOwnerId, viewer.id)),
@@ -227,45 +236,70 @@ function whereFor(viewer: AuditViewer, f: AuditFilters, before?: AuditPosition):
     f.handle ? eq(auditEvents.handle, f.handle) : undefined,
     f.domain ? eq(auditEvents.domain, f.domain) : undefined,
     f.keyId ? eq(auditEvents.keyId, f.keyId) : undefined,
-    f.outcome ? sql`${outcomeExpr} = ${f.outcome}` : undefined,
-    f.since ? gte(auditEvents.at, f.since) : undefined,
+    f.outcome === undefined
+      ? undefined
+      : source === "own"
+        ? and(eq(auditEvents.outcome, f.outcome), isNull(auditEventOutcomes.eventId))
+        : source === "later"
+          ? eq(auditEventOutcomes.outcome, f.outcome)
+          : sql`${outcomeExpr} = ${f.outcome}`,
+    f.since ? gte(at, f.since) : undefined,
     // `at` is stored to the microsecond and shown to the millisecond: `until` takes in the whole
     // millisecond it names, so an event's own `at`, as shown, finds it.
-    f.until ? sql`${auditEvents.at} < ${f.until.toISOString()}::timestamptz + interval '1 millisecond'` : undefined,
-    before !== undefined ? sql`(${auditEvents.at}, ${auditEvents.seq}) < (${before.at}::timestamptz, ${before.seq})` : undefined,
+    f.until ? sql`${at} < ${f.until.toISOString()}::timestamptz + interval '1 millisecond'` : undefined,
+    before !== undefined ? sql`(${at}, ${seq}) < (${before.at}::timestamptz, ${before.seq})` : undefined,
   );
 }
 
-async function page(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: number, before?: AuditPosition) {
-  return ex
-    .select({
-      seq: auditEvents.seq,
-      atExact: sql<string>`to_char(${auditEvents.at} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`,
-      id: auditEvents.id,
-      at: auditEvents.at,
-      requestId: auditEvents.requestId,
-      actorId: auditEvents.actorId,
-      actorUsername: auditEvents.actorUsername,
-      action: auditEvents.action,
-      outcome: outcomeExpr,
-      keyId: auditEvents.keyId,
-      subjectId: auditEvents.subjectId,
-      handle: auditEvents.handle,
-      domain: auditEvents.domain,
-      upstreamStatus: sql<number | null>`coalesce(${auditEventOutcomes.upstreamStatus}, ${auditEvents.upstreamStatus})`,
-      ip: auditEvents.ip,
-      userAgent: auditEvents.userAgent,
-      detail: auditEvents.detail,
-      outcomeDetail: auditEventOutcomes.detail,
-    })
-    .from(auditEvents)
-    .leftJoin(auditEventOutcomes, eq(auditEventOutcomes.eventId, auditEvents.id))
-    .where(whereFor(viewer, f, before))
-    .orderBy(desc(auditEvents.at), desc(auditEvents.seq))
-    .limit(limit);
+const pageFields = {
+  seq: auditEvents.seq,
+  atExact: sql<string>`to_char(${auditEvents.at} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`,
+  id: auditEvents.id,
+  at: auditEvents.at,
+  requestId: auditEvents.requestId,
+  actorId: auditEvents.actorId,
+  actorUsername: auditEvents.actorUsername,
+  action: auditEvents.action,
+  outcome: outcomeExpr,
+  keyId: auditEvents.keyId,
+  subjectId: auditEvents.subjectId,
+  handle: auditEvents.handle,
+  domain: auditEvents.domain,
+  upstreamStatus: sql<number | null>`coalesce(${auditEventOutcomes.upstreamStatus}, ${auditEvents.upstreamStatus})`,
+  ip: auditEvents.ip,
+  userAgent: auditEvents.userAgent,
+  detail: auditEvents.detail,
+  outcomeDetail: auditEventOutcomes.detail,
+};
+
+/** The position a page of `source` is ordered by: the event's own, or its copy in the outcome row. */
+const positionColumns = (source: Source) =>
+  source === "later" ? ([auditEventOutcomes.eventAt, auditEventOutcomes.eventSeq] as const) : ([auditEvents.at, auditEvents.seq] as const);
+
+function pageFrom(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: number, before: AuditPosition | undefined, source: Source) {
+  const [at, seq] = positionColumns(source);
+  const rows =
+    source === "later"
+      ? ex.select(pageFields).from(auditEventOutcomes).innerJoin(auditEvents, eq(auditEvents.id, auditEventOutcomes.eventId)).$dynamic()
+      : ex.select(pageFields).from(auditEvents).leftJoin(auditEventOutcomes, eq(auditEventOutcomes.eventId, auditEvents.id)).$dynamic();
+  return rows.where(whereFor(viewer, f, before, source)).orderBy(desc(at), desc(seq)).limit(limit);
 }
 
-type PageRow = Awaited<ReturnType<typeof page>>[number];
+async function page(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: number, before?: AuditPosition) {
+  if (f.outcome === undefined || f.outcome === "unknown") return pageFrom(ex, viewer, f, limit, before, "events");
+  const [own, later] = await Promise.all([pageFrom(ex, viewer, f, limit, before, "own"), pageFrom(ex, viewer, f, limit, before, "later")]);
+  // Both newest first by (at, seq); `atExact` is fixed-width, so it orders as the instants do.
+  const newer = (a: PageRow, b: PageRow) => (a.atExact !== b.atExact ? a.atExact > b.atExact : Number(a.seq) > Number(b.seq));
+  const merged: PageRow[] = [];
+  let i = 0;
+  let j = 0;
+  while (merged.length < limit && (i < own.length || j < later.length)) {
+    merged.push(j >= later.length || (i < own.length && newer(own[i]!, later[j]!)) ? own[i++]! : later[j++]!);
+  }
+  return merged;
+}
+
+type PageRow = Awaited<ReturnType<typeof pageFrom>>[number];
 
 function toView(r: PageRow): AuditEventView {
   const detail = r.detail || r.outcomeDetail ? { ...(r.detail ?? {}), ...(r.outcomeDetail ?? {}) } : null;

@@ -233,6 +233,8 @@ describe("bad filter values", () => {
     ["cursor", "cursor=" + Buffer.from("v2|2026-01-01T24:00:00.000000Z|1").toString("base64url")],
     ["cursor", "cursor=" + Buffer.from("v2|0000-01-01T00:00:00.000000Z|1").toString("base64url")], // Date takes year 0, PostgreSQL does not
     ["cursor", "cursor="], // not "unset": a client looping on cursor=${next_cursor ?? ""} must hear of it
+    ["handle", "handle=%20%20"], // not "unset" either: that filter would match every event
+    ["domain", "domain=%20"],
   ])("400 invalid_params field %s for %s", async (field, query) => {
     const r = await svc.call("GET", `/v1/audit?${query}`, { token: svc.admin.token });
     expectErrorBody(r, 400, "invalid_params");
@@ -247,6 +249,8 @@ describe("bad filter values", () => {
       "since=2021-01-01",
       "until=2030-01-01T00:00:00Z",
       "until=9999-12-31T23:00:00%2B02:00", // still in year 9999 in UTC
+      "since=0001-01-01", // the first century is not 1900's
+      "until=0099-12-31T23:59:59Z",
       "limit=1",
       "limit=500",
     ]) {

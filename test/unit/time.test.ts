@@ -29,3 +29,12 @@ describe("instants without a zone", () => {
     expect(isRealInstant("9999-12-31T23:30-02:00")).toBe(false);
   });
 });
+
+describe("the first century", () => {
+  it("is real: years 1 to 99 are not read as 1901 to 1999", () => {
+    for (const s of ["0001-01-01", "0050-06-15T12:00:00Z", "0099-12-31", "0004-02-29"]) expect(isRealInstant(s), s).toBe(true);
+    expect(parseInstant("0050-06-15T12:00:00Z").getUTCFullYear()).toBe(50);
+    expect(isRealInstant("0003-02-29"), "not a leap year").toBe(false);
+    expect(isRealInstant("0000-01-01"), "year 0").toBe(false);
+  });
+});

@@ -17,11 +17,23 @@ import type { AppEnv } from "../env.js";
 import { defineRoute } from "../route.js";
 import { Instant, Uuid } from "../schemas.js";
 
+/**
+ * Compared trimmed and lower-cased, as stored. Only spaces is refused: it is not "unset" (only a
+ * parameter sent empty is), and a filter that quietly matched every event would export them all.
+ */
+const textFilter = (what: string) =>
+  z
+    .string()
+    .max(256)
+    .transform((s) => s.trim().toLowerCase())
+    .refine((s) => s !== "", { error: `expected ${what}, not only spaces` })
+    .optional();
+
 const filterShape = {
   actor: Uuid.optional().openapi({ description: "user id of the actor" }),
   action: z.string().max(64).optional().openapi({ example: "handle.create" }),
-  handle: z.string().max(256).transform((s) => s.trim().toLowerCase()).optional(),
-  domain: z.string().max(256).transform((s) => s.trim().toLowerCase()).optional(),
+  handle: textFilter("a handle"),
+  domain: textFilter("a domain"),
   key_id: Uuid.optional(),
   outcome: z.enum(AUDIT_OUTCOMES, { error: `expected one of ${AUDIT_OUTCOMES.join(", ")}` }).optional(),
   since: Instant.optional(),
