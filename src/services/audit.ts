@@ -123,11 +123,14 @@ const EVENT_COLUMNS = [
 ] as const;
 
 // One mark a key (the writer dedupes), updated in key order, so two groups in flight at once cannot
-// deadlock on each other.
+// deadlock on each other. An event keeps its first outcome: one already on record (an outcome
+// tried again after a commit whose answer was lost) is skipped, not an error that would fail
+// every other outcome of its group.
 const INSERT_OUTCOMES = `with o as (
     insert into audit_event_outcomes (event_id, outcome, upstream_status, detail)
     select event_id, outcome, upstream_status, detail::jsonb
     from unnest($1::uuid[], $2::text[], $3::smallint[], $4::text[]) as t(event_id, outcome, upstream_status, detail)
+    on conflict (event_id) do nothing
   ),
   m as (
     update haltman_keys k set last_used_at = now(),

@@ -106,6 +106,19 @@ describe("INSERT still works", () => {
     expect(r.json.events[0]).toMatchObject({ id, outcome: "upstream_error", upstream_status: 503 });
   });
 
+  it("the grouped writer keeps an event's first outcome and skips a second one, without failing its group", async () => {
+    const w = svc.deps.auditWriter;
+    const meta = { requestId: "grouped-twice", ip: null, userAgent: null };
+    const [first, second] = await Promise.all([1, 2].map((i) => w.record({ action: "handle.create", outcome: null, actor: null, meta, handle: `grouped-${i}` })));
+    await w.recordOutcome(first!, "success", 200);
+    // the same tick: one group, one statement
+    const settled = await Promise.allSettled([w.recordOutcome(first!, "upstream_error", 503), w.recordOutcome(second!, "upstream_refused", 409)]);
+    expect(settled.map((s) => s.status)).toEqual(["fulfilled", "fulfilled"]);
+    const shown = async (h: string) => (await svc.call("GET", `/v1/audit?handle=${h}`, { token: svc.admin.token })).json.events[0];
+    expect(await shown("grouped-1")).toMatchObject({ id: first, outcome: "success", upstream_status: 200 });
+    expect(await shown("grouped-2")).toMatchObject({ id: second, outcome: "upstream_refused", upstream_status: 409 });
+  });
+
   it("an event keeps its first outcome: a second outcome row is refused", async () => {
     let error: unknown;
     try {
