@@ -17,6 +17,7 @@ import { revokeSessions } from "./services/sessions.js";
 import { PUBLISH_LEAD_MS, ROTATION_GRACE_S, WAIT_AFTER_MS, rotateSigningKey, signingKeyStates } from "./services/tokens.js";
 import { StartupError, loadKeyring, openDatabase, prepareDatabase } from "./startup.js";
 import { migrate } from "./db/migrate.js";
+import { runOnlineSteps } from "./db/online.js";
 
 const USAGE = `usage: npm run cli -- <command>
 
@@ -113,6 +114,11 @@ async function main(argv: string[]) {
     try {
       const { applied } = await migrate(database.db);
       process.stdout.write(`migrations applied: ${applied}\n`);
+      const online = await runOnlineSteps(database);
+      if (!online.ran) process.stdout.write("indexes and backfills: another instance is running them\n");
+      else if (online.built.length > 0 || online.placed > 0) {
+        process.stdout.write(`indexes built: ${online.built.join(", ") || "none"}; audit outcomes placed: ${online.placed}\n`);
+      }
     } finally {
       await database.close();
     }

@@ -8,6 +8,7 @@ import { exitOnFault } from "./fatal.js";
 import { createLogger, describeError } from "./log.js";
 import { listen } from "./http/server.js";
 import { maintainTables } from "./db/maintenance.js";
+import { runOnlineSteps } from "./db/online.js";
 import { sweepIdempotencyKeys } from "./services/idempotency.js";
 import { sweepBuckets, sweepPauses } from "./services/rate-limit.js";
 import { sweepSessions } from "./services/sessions.js";
@@ -28,6 +29,12 @@ async function main() {
   exitOnFault(log);
   for (const w of config.warnings) log.warn(`config: ${w}`);
   const { database, keyring } = await prepareDatabase(config, log);
+  // The indexes and backfills no migration holds its tables locked for (db/online.ts). Embedded,
+  // before listening: PGlite's one connection would hold every request behind them. On a server,
+  // beside the requests, as the build does not block them.
+  const online = () => runOnlineSteps(database, log);
+  if (database.kind === "pglite") await online();
+  else online().catch((err) => log.warn({ err: describeError(err) }, "building the audit indexes failed; the next start tries again"));
   const deps = await createDeps({ config, database, keyring, log });
   await ensureFirstAdmin(deps, (text) => process.stdout.write(text + "\n"));
 

@@ -42,6 +42,12 @@ export type Database = {
   readonly poolMax: number;
   /** connections of this instance, by state (active, idle…), for /metrics */
   poolConnections(): Promise<Record<string, number>>;
+  /**
+   * `fn`'s statements on one session of their own, outside any transaction, for as long as it
+   * runs: for a session-level advisory lock and for statements no transaction may hold
+   * (`create index concurrently`). No statement timeout there.
+   */
+  session<T>(fn: (q: RawQuery) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 };
 
@@ -110,6 +116,14 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
         select state, count(*)::int as n from pg_stat_activity where application_name = ${appName} group by state`;
       return Object.fromEntries(rows.map((r) => [r.state ?? "unknown", r.n]));
     },
+    session: async (fn) => {
+      const reserved = await client.reserve();
+      try {
+        return await fn(<T>(text: string, params: readonly SqlParam[]) => reserved.unsafe(text, params as SqlParam[]) as unknown as Promise<T[]>);
+      } finally {
+        reserved.release();
+      }
+    },
     close: async () => {
       await Promise.all([client.end({ timeout: 5 }), ...[...lanes.values()].map((l) => l.end({ timeout: 5 }))]);
     },
@@ -142,6 +156,7 @@ export async function openPglite(dataDir: string | undefined, opts: { loadDataDi
     db,
     query,
     lane: () => query, // one process, one connection
+    session: (fn) => fn(query),
     kind: "pglite",
     poolMax: 1,
     poolConnections: async () => ({ active: client.closed ? 0 : 1 }),

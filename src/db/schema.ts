@@ -149,7 +149,12 @@ export const auditEventOutcomes = pgTable(
     eventAt: ts("event_at"),
     eventSeq: bigint("event_seq", { mode: "number" }),
   },
-  (t) => [index("audit_event_outcomes_outcome_at_idx").on(t.outcome, t.eventAt, t.eventSeq)],
+  // Built concurrently after the migrations (db/online.ts), as are the two partial indexes of
+  // audit_events above; the second holds the rows written before 0010 until they have their position.
+  (t) => [
+    index("audit_event_outcomes_outcome_at_idx").on(t.outcome, t.eventAt, t.eventSeq),
+    index("audit_event_outcomes_unplaced_idx").on(t.outcome).where(sql`${t.eventAt} is null`),
+  ],
 );
 
 /**

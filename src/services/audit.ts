@@ -2,7 +2,7 @@
 // whose record cannot be written does not happen (fail closed). Nothing secret goes in: callers
 // pass ids and names, never a password, token or key.
 import { randomUUID } from "node:crypto";
-import { and, desc, eq, gte, isNull, or, sql, type SQL } from "drizzle-orm";
+import { and, desc, eq, gte, isNotNull, isNull, or, sql, type SQL } from "drizzle-orm";
 import { pgArray } from "../db/arrays.js";
 import type { Database, Executor } from "../db/client.js";
 import { auditEventOutcomes, auditEvents } from "../db/schema.js";
@@ -222,12 +222,13 @@ const outcomeExpr = sql<AuditOutcome>`coalesce(${auditEventOutcomes.outcome}, ${
 export type AuditPosition = { at: string; seq: number };
 
 /**
- * Where a page of events is read from. An outcome filter reads two ordered index scans, merged:
- * the events whose outcome is their own (`own`) and the proxied calls whose outcome row has it
- * (`later`, ordered by the event's position copied into that row). Every other query, and
- * `outcome=unknown` (no outcome anywhere), reads the events (`events`).
+ * Where a page of events is read from. An outcome filter reads ordered index scans, merged: the
+ * events whose outcome is their own (`own`) and the proxied calls whose outcome row has it
+ * (`later`, ordered by the event's position copied into that row), and, until db/online.ts has
+ * placed them, the outcome rows written before migration 0010 (`unplaced`, by the event's own
+ * position). Every other query, and `outcome=unknown` (no outcome anywhere), reads the events.
  */
-type Source = "events" | "own" | "later";
+type Source = "events" | "own" | "later" | "unplaced";
 
 function whereFor(viewer: AuditViewer, f: AuditFilters, before: AuditPosition | undefined, source: Source): SQL | undefined {
   const [at, seq] = positionColumns(source);
@@ -244,8 +245,10 @@ function whereFor(viewer: AuditViewer, f: AuditFilters, before: AuditPosition | 
       : source === "own"
         ? and(eq(auditEvents.outcome, f.outcome), isNull(auditEventOutcomes.eventId))
         : source === "later"
-          ? eq(auditEventOutcomes.outcome, f.outcome)
-          : sql`${outcomeExpr} = ${f.outcome}`,
+          ? and(eq(auditEventOutcomes.outcome, f.outcome), isNotNull(auditEventOutcomes.eventAt))
+          : source === "unplaced"
+            ? and(eq(auditEventOutcomes.outcome, f.outcome), isNull(auditEventOutcomes.eventAt))
+            : sql`${outcomeExpr} = ${f.outcome}`,
     f.since ? gte(at, f.since) : undefined,
     // `at` is stored to the microsecond and shown to the millisecond: `until` takes in the whole
     // millisecond it names, so an event's own `at`, as shown, finds it.
@@ -282,7 +285,7 @@ const positionColumns = (source: Source) =>
 function pageFrom(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: number, before: AuditPosition | undefined, source: Source) {
   const [at, seq] = positionColumns(source);
   const rows =
-    source === "later"
+    source === "later" || source === "unplaced"
       ? ex.select(pageFields).from(auditEventOutcomes).innerJoin(auditEvents, eq(auditEvents.id, auditEventOutcomes.eventId)).$dynamic()
       : ex.select(pageFields).from(auditEvents).leftJoin(auditEventOutcomes, eq(auditEventOutcomes.eventId, auditEvents.id)).$dynamic();
   return rows.where(whereFor(viewer, f, before, source)).orderBy(desc(at), desc(seq)).limit(limit);
@@ -290,16 +293,13 @@ function pageFrom(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: num
 
 async function page(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: number, before?: AuditPosition) {
   if (f.outcome === undefined || f.outcome === "unknown") return pageFrom(ex, viewer, f, limit, before, "events");
-  const [own, later] = await Promise.all([pageFrom(ex, viewer, f, limit, before, "own"), pageFrom(ex, viewer, f, limit, before, "later")]);
-  // Both newest first by (at, seq); `atExact` is fixed-width, so it orders as the instants do.
-  const newer = (a: PageRow, b: PageRow) => (a.atExact !== b.atExact ? a.atExact > b.atExact : Number(a.seq) > Number(b.seq));
-  const merged: PageRow[] = [];
-  let i = 0;
-  let j = 0;
-  while (merged.length < limit && (i < own.length || j < later.length)) {
-    merged.push(j >= later.length || (i < own.length && newer(own[i]!, later[j]!)) ? own[i++]! : later[j++]!);
-  }
-  return merged;
+  const parts = await Promise.all((["own", "later", "unplaced"] as const).map((source) => pageFrom(ex, viewer, f, limit, before, source)));
+  // Each newest first by (at, seq), and no event in two of them: the first `limit` of them all.
+  // `atExact` is fixed-width, so it orders as the instants do.
+  return parts
+    .flat()
+    .sort((a, b) => (a.atExact !== b.atExact ? (a.atExact > b.atExact ? -1 : 1) : Number(b.seq) - Number(a.seq)))
+    .slice(0, limit);
 }
 
 type PageRow = Awaited<ReturnType<typeof pageFrom>>[number];

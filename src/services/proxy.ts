@@ -278,19 +278,24 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
 
 /** The waits before a write made after upstream has acted is tried again. */
 export const AFTER_UPSTREAM_RETRIES_MS = [100, 400];
+/** A write is tried again only this soon after its first try. */
+export const AFTER_UPSTREAM_RETRY_WITHIN_MS = 1_000;
 
 /**
  * A write made after upstream has acted (the outcome, a pause, the answer kept for repeats): its
  * failure cannot undo upstream's act, so the caller gets upstream's answer anyway. A database
  * that is briefly unavailable (a dropped connection, a failover, a serialization failure) is
- * given two more tries, half a second in all, before the write is given up and logged.
+ * given two more tries within the first second, before the write is given up and logged. One
+ * that failed slowly (a statement or connect timeout) is not tried again: the caller, who waits
+ * for these writes, would wait as long again for each try.
  */
 async function afterUpstream(write: () => Promise<void>): Promise<void> {
+  const started = performance.now();
   for (const wait of AFTER_UPSTREAM_RETRIES_MS) {
     try {
       return await write();
     } catch (err) {
-      if (!isDatabaseUnavailable(err)) throw err;
+      if (!isDatabaseUnavailable(err) || performance.now() - started + wait > AFTER_UPSTREAM_RETRY_WITHIN_MS) throw err;
       await new Promise((r) => setTimeout(r, wait));
     }
   }

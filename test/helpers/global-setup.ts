@@ -7,6 +7,7 @@ import { join } from "node:path";
 import type { TestProject } from "vitest/node";
 import { openPglite, openPostgres } from "../../src/db/client.js";
 import { migrate } from "../../src/db/migrate.js";
+import { runOnlineSteps } from "../../src/db/online.js";
 import { adminUrl, templateName } from "./db-names.js";
 
 export default async function setup(project: TestProject) {
@@ -19,6 +20,7 @@ export default async function setup(project: TestProject) {
     await admin.db.execute(sql.raw(`create database "${name}"`));
     const tmpl = await openPostgres(withDatabase(url, name), { max: 1 });
     await migrate(tmpl.db);
+    await runOnlineSteps(tmpl);
     await tmpl.close();
     project.provide("pgTemplate", name);
     return async () => {
@@ -29,6 +31,7 @@ export default async function setup(project: TestProject) {
   const dir = mkdtempSync(join(tmpdir(), "hbff-test-"));
   const db = await openPglite(undefined);
   await migrate(db.db);
+  await runOnlineSteps(db);
   const client = (db.db as unknown as { $client: { dumpDataDir(c: string): Promise<Blob> } }).$client;
   const dump = await client.dumpDataDir("none");
   const file = join(dir, "template.tar");

@@ -90,4 +90,25 @@ describe("proxied calls: review fixes", () => {
       await db.execute(sql`drop sequence review_done_tries`);
     }
   });
+
+  it("a write that failed slowly (a statement timeout) is not tried again: the caller would wait as long again", async () => {
+    const db = ctx.svc.database.db;
+    await db.execute(sql`create sequence review_slow_tries`);
+    await db.execute(sql`create function review_slow_done() returns trigger language plpgsql as $$ begin
+      if new.state = 'done' then perform nextval('review_slow_tries'); perform pg_sleep(1.1); raise exception 'canceling statement due to statement timeout' using errcode = '57014'; end if;
+      return new; end $$`);
+    await db.execute(sql`create trigger review_slow_done before update on idempotency_keys for each row execute function review_slow_done()`);
+    try {
+      const t0 = performance.now();
+      const r = await post(ctx, CREATE, ctx.svc.admin.token, { handle: "slow-store" }, { "idempotency-key": "slow-store" });
+      expect(r.status, "upstream's answer, all the same").toBe(200);
+      const [tries] = await rowsOf<{ n: number }>(db, sql`select last_value as n from review_slow_tries`);
+      expect(Number(tries!.n)).toBe(1);
+      expect(performance.now() - t0).toBeLessThan(2_500);
+    } finally {
+      await db.execute(sql`drop trigger review_slow_done on idempotency_keys`);
+      await db.execute(sql`drop function review_slow_done()`);
+      await db.execute(sql`drop sequence review_slow_tries`);
+    }
+  });
 });
