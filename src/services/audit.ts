@@ -4,7 +4,7 @@
 import { randomUUID } from "node:crypto";
 import { and, desc, eq, gte, isNotNull, isNull, or, sql, type SQL } from "drizzle-orm";
 import { pgArray } from "../db/arrays.js";
-import type { Database, Executor } from "../db/client.js";
+import type { Database, Db, Executor } from "../db/client.js";
 import { auditEventOutcomes, auditEvents } from "../db/schema.js";
 import { isRealInstant } from "../time.js";
 import { batched, type BatchOptions } from "./batch.js";
@@ -291,9 +291,18 @@ function pageFrom(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: num
   return rows.where(whereFor(viewer, f, before, source)).orderBy(desc(at), desc(seq)).limit(limit);
 }
 
-async function page(ex: Executor, viewer: AuditViewer, f: AuditFilters, limit: number, before?: AuditPosition) {
-  if (f.outcome === undefined || f.outcome === "unknown") return pageFrom(ex, viewer, f, limit, before, "events");
-  const parts = await Promise.all((["own", "later", "unplaced"] as const).map((source) => pageFrom(ex, viewer, f, limit, before, source)));
+async function page(db: Db, viewer: AuditViewer, f: AuditFilters, limit: number, before?: AuditPosition) {
+  if (f.outcome === undefined || f.outcome === "unknown") return pageFrom(db, viewer, f, limit, before, "events");
+  // In one snapshot: a row placed (db/online.ts) between two of these reads would be in both, or
+  // in neither.
+  const parts = await db.transaction(
+    async (tx) => {
+      const read: PageRow[][] = [];
+      for (const source of ["own", "later", "unplaced"] as const) read.push(await pageFrom(tx, viewer, f, limit, before, source));
+      return read;
+    },
+    { isolationLevel: "repeatable read", accessMode: "read only" },
+  );
   // Each newest first by (at, seq), and no event in two of them: the first `limit` of them all.
   // `atExact` is fixed-width, so it orders as the instants do.
   return parts
@@ -334,23 +343,23 @@ export function decodeCursor(cursor: string): AuditPosition | undefined {
 const positionOf = (r: { atExact: string; seq: number }): AuditPosition => ({ at: r.atExact, seq: Number(r.seq) });
 
 export async function listAuditEvents(
-  ex: Executor,
+  db: Db,
   viewer: AuditViewer,
   f: AuditFilters,
   limit: number,
   before?: AuditPosition,
 ): Promise<{ events: AuditEventView[]; nextCursor: string | null }> {
-  const rows = await page(ex, viewer, f, limit + 1, before);
+  const rows = await page(db, viewer, f, limit + 1, before);
   const more = rows.length > limit;
   const shown = more ? rows.slice(0, limit) : rows;
   return { events: shown.map(toView), nextCursor: more ? encodeCursor(positionOf(shown[shown.length - 1]!)) : null };
 }
 
 /** Every matching event, newest first, a page at a time (the export streams it). */
-export async function* allAuditEvents(ex: Executor, viewer: AuditViewer, f: AuditFilters, pageSize = 1_000) {
+export async function* allAuditEvents(db: Db, viewer: AuditViewer, f: AuditFilters, pageSize = 1_000) {
   let before: AuditPosition | undefined;
   for (;;) {
-    const rows = await page(ex, viewer, f, pageSize, before);
+    const rows = await page(db, viewer, f, pageSize, before);
     for (const r of rows) yield toView(r);
     if (rows.length < pageSize) return;
     before = positionOf(rows[rows.length - 1]!);
