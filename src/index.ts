@@ -31,10 +31,19 @@ async function main() {
   const { database, keyring } = await prepareDatabase(config, log);
   // The indexes and backfills no migration holds its tables locked for (db/online.ts). Embedded,
   // before listening: PGlite's one connection would hold every request behind them. On a server,
-  // beside the requests, as the build does not block them.
-  const online = () => runOnlineSteps(database, log);
+  // beside the requests, as the build does not block them. Until a run of this instance has done
+  // it all (not another instance's, which may be cut short), the housekeeping below looks again.
+  let onlineDone = false;
+  let onlineRun: Promise<void> | undefined;
+  const online = (): Promise<void> =>
+    onlineDone
+      ? Promise.resolve()
+      : (onlineRun ??= runOnlineSteps(database, log)
+          .then((r) => void (onlineDone = r.ran))
+          .catch((err) => log.warn({ err: describeError(err) }, "building the audit indexes failed; tried again in ten minutes"))
+          .finally(() => (onlineRun = undefined)));
   if (database.kind === "pglite") await online();
-  else online().catch((err) => log.warn({ err: describeError(err) }, "building the audit indexes failed; the next start tries again"));
+  else void online();
   const deps = await createDeps({ config, database, keyring, log });
   await ensureFirstAdmin(deps, (text) => process.stdout.write(text + "\n"));
 
@@ -60,7 +69,7 @@ async function main() {
   };
   maintain().catch((err) => log.warn({ err: describeError(err) }, "embedded database maintenance failed"));
   const sweeper = setInterval(() => {
-    Promise.all([sweepBuckets(database.db), sweepIdempotencyKeys(database.db), sweepPauses(database.db), sweepSessions(database.db)])
+    Promise.all([sweepBuckets(database.db), sweepIdempotencyKeys(database.db), sweepPauses(database.db), sweepSessions(database.db), online()])
       .then(maintain)
       .catch((err) => log.warn({ err: describeError(err) }, "housekeeping sweep failed"));
   }, 10 * 60_000);

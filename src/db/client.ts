@@ -45,7 +45,7 @@ export type Database = {
   /**
    * `fn`'s statements on one session of their own, outside any transaction, for as long as it
    * runs: for a session-level advisory lock and for statements no transaction may hold
-   * (`create index concurrently`). No statement timeout there.
+   * (`create index concurrently`). No statement or lock timeout there, whatever the role's.
    */
   session<T>(fn: (q: RawQuery) => Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -116,12 +116,15 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
         select state, count(*)::int as n from pg_stat_activity where application_name = ${appName} group by state`;
       return Object.fromEntries(rows.map((r) => [r.state ?? "unknown", r.n]));
     },
+    // A client of one connection, as a lane is (not the pool's reserve(): see above), with the
+    // timeouts a role or the database may set turned off at its start (startup parameters win
+    // over both): an index build takes as long as the table needs.
     session: async (fn) => {
-      const reserved = await client.reserve();
+      const one = postgres(url, { ...options, max: 1, connection: { ...options.connection, statement_timeout: "0", lock_timeout: "0" } as Record<string, string> }); // ("0" as text: postgres.js leaves out a number 0)
       try {
-        return await fn(<T>(text: string, params: readonly SqlParam[]) => reserved.unsafe(text, params as SqlParam[]) as unknown as Promise<T[]>);
+        return await fn(<T>(text: string, params: readonly SqlParam[]) => one.unsafe(text, params as SqlParam[]) as unknown as Promise<T[]>);
       } finally {
-        reserved.release();
+        await one.end({ timeout: 5 });
       }
     },
     close: async () => {

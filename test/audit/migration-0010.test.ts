@@ -6,7 +6,7 @@ import { sql } from "drizzle-orm";
 import { readMigrationFiles } from "drizzle-orm/migrator";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openPglite, rowsOf, type Database } from "../../src/db/client.js";
+import { openPglite, openPostgres, rowsOf, type Database } from "../../src/db/client.js";
 import { migrate, migrationsFolder } from "../../src/db/migrate.js";
 import { ONLINE_INDEXES, runOnlineSteps } from "../../src/db/online.js";
 import { listAuditEvents } from "../../src/services/audit.js";
@@ -115,4 +115,29 @@ describe("two instances starting together", () => {
       await other.end();
     }
   });
+
+  it.runIf(!!process.env.TEST_DATABASE_URL)("build and place whatever statement or lock timeout the database sets (skipped on PGlite: needs TEST_DATABASE_URL)", async () => {
+    const db = database.db;
+    await db.execute(sql`insert into audit_events (id, request_id, action) select gen_random_uuid(), 'r', 'handle.create' from generate_series(1, 100000)`);
+    await db.execute(sql`insert into audit_event_outcomes (event_id, outcome) select id, 'success' from audit_events where request_id = 'r'`);
+    await db.execute(sql`drop index audit_event_outcomes_outcome_at_idx`);
+    const [{ name }] = (await rowsOf<{ name: string }>(db, sql`select current_database() as name`)) as [{ name: string }];
+    await db.execute(sql.raw(`alter database "${name}" set statement_timeout = '20ms'`));
+    await db.execute(sql.raw(`alter database "${name}" set lock_timeout = '20ms'`));
+    try {
+      const instance = await openPostgres(database.url!, { max: 1 }); // a new connection: it has the database's settings
+      try {
+        const [setting] = await rowsOf<{ t: string }>(instance.db, sql`select current_setting('statement_timeout') as t`);
+        expect(setting!.t, "the control: the pool has it").toBe("20ms");
+        expect(await runOnlineSteps(instance)).toEqual({ ran: true, built: ["audit_event_outcomes_outcome_at_idx"], placed: 0 });
+      } finally {
+        await instance.close();
+      }
+      const [state] = await rowsOf<{ valid: boolean }>(db, sql`select indisvalid as valid from pg_index where indexrelid = 'audit_event_outcomes_outcome_at_idx'::regclass`);
+      expect(state!.valid).toBe(true);
+    } finally {
+      await db.execute(sql.raw(`alter database "${name}" reset statement_timeout`));
+      await db.execute(sql.raw(`alter database "${name}" reset lock_timeout`));
+    }
+  }, 60_000);
 });

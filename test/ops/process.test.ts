@@ -218,7 +218,7 @@ describe("the service process", () => {
     } finally {
       rmSync(dataDir, { recursive: true, force: true });
     }
-  }, 60_000);
+  }, 120_000); // some twenty processes, each opening the embedded database: 28 s alone, 37-60 s beside other work
 
   it("the CLI rotates the signing key: `--now` retires the old one, whose tokens the service then refuses; the rotation is audited; status lists the keys", async () => {
     const dataDir = mkdtempSync(join(tmpdir(), "hbff-signing-"));
