@@ -114,7 +114,8 @@ async function main(argv: string[]) {
     try {
       const { applied } = await migrate(database.db);
       process.stdout.write(`migrations applied: ${applied}\n`);
-      const online = await runOnlineSteps(database);
+      // (it may take a while on a large audit log: each step says when it is done)
+      const online = await runOnlineSteps(database, { info: (fields, msg) => process.stdout.write(`${msg}: ${JSON.stringify(fields)}\n`) });
       if (!online.ran) process.stdout.write("indexes and backfills: another instance is running them\n");
       else if (online.built.length > 0 || online.placed > 0) {
         process.stdout.write(`indexes built: ${online.built.join(", ") || "none"}; audit outcomes placed: ${online.placed}\n`);

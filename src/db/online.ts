@@ -1,9 +1,8 @@
 // The schema work too long for a migration's transaction, which would hold its tables locked
 // meanwhile (a `create index` blocks every insert into its table while it builds; an update of
 // every row of a table, for as long as it takes): run after the migrations, while the service
-// serves, by one instance at a time, and at every start until all of it is done. Each step is
-// idempotent; an index a killed build left invalid is dropped and built again.
-import type { Logger } from "pino";
+// serves, by one instance at a time, until all of it is done. Each step is idempotent; an index
+// a killed build left invalid is dropped and built again.
 import type { Database, RawQuery } from "./client.js";
 
 /** The indexes of schema.ts that migration 0010 leaves to this, as drizzle-kit wrote them. */
@@ -21,12 +20,15 @@ const LOCK_ID = 0x4841_4c55; // the migrations' lock ("HALT") + 1
 
 export type OnlineReport = { ran: boolean; built: string[]; placed: number };
 
+/** Told each step done (a pino logger is one). */
+export type OnlineProgress = { info(fields: object, msg: string): void };
+
 /**
  * Builds what is missing and places the outcome rows written before migration 0010. Returns
- * `ran: false` when another instance holds the work (it finishes it; this one will look again
- * at its next start).
+ * `ran: false` when another instance holds the work (the service looks again from its
+ * housekeeping, should that one not finish).
  */
-export async function runOnlineSteps(database: Database, log?: Pick<Logger, "info">): Promise<OnlineReport> {
+export async function runOnlineSteps(database: Database, log?: OnlineProgress): Promise<OnlineReport> {
   return database.session(async (q) => {
     const [lock] = await q<{ ok: boolean }>(`select pg_try_advisory_lock(${LOCK_ID}) as ok`, []);
     if (!lock?.ok) return { ran: false, built: [], placed: 0 };
@@ -44,7 +46,7 @@ export async function runOnlineSteps(database: Database, log?: Pick<Logger, "inf
   });
 }
 
-async function ensureIndex(q: RawQuery, index: (typeof ONLINE_INDEXES)[number], log?: Pick<Logger, "info">): Promise<boolean> {
+async function ensureIndex(q: RawQuery, index: (typeof ONLINE_INDEXES)[number], log?: OnlineProgress): Promise<boolean> {
   const [state] = await q<{ valid: boolean }>(
     `select i.indisvalid as valid from pg_index i join pg_class c on c.oid = i.indexrelid
       where c.relname = $1 and c.relnamespace = current_schema()::regnamespace`,
@@ -60,7 +62,7 @@ async function ensureIndex(q: RawQuery, index: (typeof ONLINE_INDEXES)[number], 
 }
 
 /** Outcome rows written before 0010 get their event's (at, seq), in batches, in key order. */
-async function placeOutcomes(q: RawQuery, log?: Pick<Logger, "info">): Promise<number> {
+async function placeOutcomes(q: RawQuery, log?: OnlineProgress): Promise<number> {
   let placed = 0;
   let after = "00000000-0000-0000-0000-000000000000";
   for (;;) {
