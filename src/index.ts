@@ -31,7 +31,7 @@ async function main() {
   const { database, keyring } = await prepareDatabase(config, log);
   // The indexes and backfills no migration holds its tables locked for (db/online.ts). Embedded,
   // before listening: PGlite's one connection would hold every request behind them. On a server,
-  // beside the requests, as the build does not block them. Until a run of this instance has done
+  // beside the requests, as the build does not block them; until a run of this instance has done
   // it all (not another instance's, which may be cut short), the housekeeping below looks again.
   let onlineDone = false;
   let onlineRun: Promise<void> | undefined;
@@ -69,7 +69,8 @@ async function main() {
   };
   maintain().catch((err) => log.warn({ err: describeError(err) }, "embedded database maintenance failed"));
   const sweeper = setInterval(() => {
-    Promise.all([sweepBuckets(database.db), sweepIdempotencyKeys(database.db), sweepPauses(database.db), sweepSessions(database.db), online()])
+    // (embedded, the online steps only ever run before listening: PGlite's one connection)
+    Promise.all([sweepBuckets(database.db), sweepIdempotencyKeys(database.db), sweepPauses(database.db), sweepSessions(database.db), database.kind === "postgres" ? online() : undefined])
       .then(maintain)
       .catch((err) => log.warn({ err: describeError(err) }, "housekeeping sweep failed"));
   }, 10 * 60_000);

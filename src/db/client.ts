@@ -38,7 +38,7 @@ export type Database = {
    */
   lane(name: string, connections?: number): RawQuery;
   readonly kind: "pglite" | "postgres";
-  /** the most connections this instance opens: the pool's and the lanes' (1 for PGlite, which is one process) */
+  /** the most connections this instance opens: the pool's, the lanes' and a session's while one runs (1 for PGlite, which is one process) */
   readonly poolMax: number;
   /** connections of this instance, by state (active, idle…), for /metrics */
   poolConnections(): Promise<Record<string, number>>;
@@ -79,6 +79,7 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
   // reserve() was tried and left a reserved connection hanging when the server dropped it).
   const lanes = new Map<string, typeof client>();
   let laneConnections = 0;
+  let sessions = 0;
   return {
     db,
     query: prepared(client),
@@ -106,9 +107,9 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
       return prepared(lane);
     },
     kind: "postgres",
-    // the pool's and the lanes' (pg_stat_activity, below, counts both)
+    // the pool's, the lanes' and a session's while one runs (pg_stat_activity, below, counts them all)
     get poolMax() {
-      return max + laneConnections;
+      return max + laneConnections + sessions;
     },
     // postgres.js keeps no public pool statistics; the server knows this instance's connections.
     poolConnections: async () => {
@@ -119,11 +120,20 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
     // A client of one connection, as a lane is (not the pool's reserve(): see above), with the
     // timeouts a role or the database may set turned off at its start (startup parameters win
     // over both): an index build takes as long as the table needs.
+    // Its connection lives as long as the run (postgres.js would replace it after 30-60 min by
+    // default, and the session's advisory lock with it).
     session: async (fn) => {
-      const one = postgres(url, { ...options, max: 1, connection: { ...options.connection, statement_timeout: "0", lock_timeout: "0" } as Record<string, string> }); // ("0" as text: postgres.js leaves out a number 0)
+      const one = postgres(url, {
+        ...options,
+        max: 1,
+        max_lifetime: null,
+        connection: { ...options.connection, statement_timeout: "0", lock_timeout: "0" } as Record<string, string>, // ("0" as text: postgres.js leaves out a number 0)
+      });
+      sessions++;
       try {
         return await fn(<T>(text: string, params: readonly SqlParam[]) => one.unsafe(text, params as SqlParam[]) as unknown as Promise<T[]>);
       } finally {
+        sessions--;
         await one.end({ timeout: 5 });
       }
     },

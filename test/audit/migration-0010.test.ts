@@ -119,8 +119,11 @@ describe("two instances starting together", () => {
   it.runIf(!!process.env.TEST_DATABASE_URL)("build and place whatever statement or lock timeout the database sets (skipped on PGlite: needs TEST_DATABASE_URL)", async () => {
     const db = database.db;
     await db.execute(sql`insert into audit_events (id, request_id, action) select gen_random_uuid(), 'r', 'handle.create' from generate_series(1, 100000)`);
+    // rows as the version before wrote them, without their position
+    await db.execute(sql`alter table audit_event_outcomes disable trigger audit_event_outcomes_event_position`);
     await db.execute(sql`insert into audit_event_outcomes (event_id, outcome) select id, 'success' from audit_events where request_id = 'r'`);
-    await db.execute(sql`drop index audit_event_outcomes_outcome_at_idx`);
+    await db.execute(sql`alter table audit_event_outcomes enable trigger audit_event_outcomes_event_position`);
+    await db.execute(sql`drop index audit_events_domain_at_idx`); // the first built: while the older transaction below is open
     const [{ name }] = (await rowsOf<{ name: string }>(db, sql`select current_database() as name`)) as [{ name: string }];
     await db.execute(sql.raw(`alter database "${name}" set statement_timeout = '20ms'`));
     await db.execute(sql.raw(`alter database "${name}" set lock_timeout = '20ms'`));
@@ -129,11 +132,26 @@ describe("two instances starting together", () => {
       try {
         const [setting] = await rowsOf<{ t: string }>(instance.db, sql`select current_setting('statement_timeout') as t`);
         expect(setting!.t, "the control: the pool has it").toBe("20ms");
-        expect(await runOnlineSteps(instance)).toEqual({ ran: true, built: ["audit_event_outcomes_outcome_at_idx"], placed: 0 });
+        // An older transaction still open: a concurrent build waits for it, as lock_timeout would not.
+        const reader = postgres(database.url!, { max: 1, onnotice: () => {}, connection: { statement_timeout: "0" } as never });
+        let opened!: () => void;
+        const open = new Promise<void>((r) => (opened = r));
+        const held = reader.begin("isolation level repeatable read", async (tx) => {
+          await tx`select 1 from audit_events limit 1`;
+          opened();
+          await new Promise((r) => setTimeout(r, 300));
+        });
+        await open;
+        try {
+          expect(await runOnlineSteps(instance)).toEqual({ ran: true, built: ["audit_events_domain_at_idx"], placed: 100_000 });
+        } finally {
+          await held;
+          await reader.end();
+        }
       } finally {
         await instance.close();
       }
-      const [state] = await rowsOf<{ valid: boolean }>(db, sql`select indisvalid as valid from pg_index where indexrelid = 'audit_event_outcomes_outcome_at_idx'::regclass`);
+      const [state] = await rowsOf<{ valid: boolean }>(db, sql`select indisvalid as valid from pg_index where indexrelid = 'audit_events_domain_at_idx'::regclass`);
       expect(state!.valid).toBe(true);
     } finally {
       await db.execute(sql.raw(`alter database "${name}" reset statement_timeout`));

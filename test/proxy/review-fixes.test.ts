@@ -104,7 +104,7 @@ describe("proxied calls: review fixes", () => {
       expect(r.status, "upstream's answer, all the same").toBe(200);
       const [tries] = await rowsOf<{ n: number }>(db, sql`select last_value as n from review_slow_tries`);
       expect(Number(tries!.n)).toBe(1);
-      expect(performance.now() - t0).toBeLessThan(2_500);
+      expect(performance.now() - t0).toBeLessThan(3_500); // three tries would take 3.3 s and more
     } finally {
       await db.execute(sql`drop trigger review_slow_done on idempotency_keys`);
       await db.execute(sql`drop function review_slow_done()`);
