@@ -119,9 +119,8 @@ export async function openPostgres(url: string, opts: { max?: number } = {}): Pr
     },
     // A client of one connection, as a lane is (not the pool's reserve(): see above), with the
     // timeouts a role or the database may set turned off at its start (startup parameters win
-    // over both): an index build takes as long as the table needs.
-    // Its connection lives as long as the run (postgres.js would replace it after 30-60 min by
-    // default, and the session's advisory lock with it).
+    // over both: an index build takes as long as the table needs), and kept as long as the run
+    // (postgres.js would replace it after 30-60 min by default, and the advisory lock with it).
     session: async (fn) => {
       const one = postgres(url, {
         ...options,

@@ -14,7 +14,7 @@ export const ONLINE_INDEXES: readonly { name: string; table: string; definition:
 ];
 
 /** Rows given their event's position a statement (each its own short transaction). */
-export const PLACE_BATCH = 5_000;
+const PLACE_BATCH = 5_000;
 
 const LOCK_ID = 0x4841_4c55; // the migrations' lock ("HALT") + 1
 

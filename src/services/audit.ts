@@ -240,15 +240,7 @@ function whereFor(viewer: AuditViewer, f: AuditFilters, before: AuditPosition | 
     f.handle ? eq(auditEvents.handle, f.handle) : undefined,
     f.domain ? eq(auditEvents.domain, f.domain) : undefined,
     f.keyId ? eq(auditEvents.keyId, f.keyId) : undefined,
-    f.outcome === undefined
-      ? undefined
-      : source === "own"
-        ? and(eq(auditEvents.outcome, f.outcome), isNull(auditEventOutcomes.eventId))
-        : source === "later"
-          ? and(eq(auditEventOutcomes.outcome, f.outcome), isNotNull(auditEventOutcomes.eventAt))
-          : source === "unplaced"
-            ? and(eq(auditEventOutcomes.outcome, f.outcome), isNull(auditEventOutcomes.eventAt))
-            : sql`${outcomeExpr} = ${f.outcome}`,
+    f.outcome === undefined ? undefined : outcomeIs(f.outcome, source),
     f.since ? gte(at, f.since) : undefined,
     // `at` is stored to the microsecond and shown to the millisecond: `until` takes in the whole
     // millisecond it names, so an event's own `at`, as shown, finds it.
@@ -277,6 +269,19 @@ const pageFields = {
   detail: auditEvents.detail,
   outcomeDetail: auditEventOutcomes.detail,
 };
+
+function outcomeIs(outcome: AuditOutcome, source: Source): SQL | undefined {
+  switch (source) {
+    case "own":
+      return and(eq(auditEvents.outcome, outcome), isNull(auditEventOutcomes.eventId));
+    case "later":
+      return and(eq(auditEventOutcomes.outcome, outcome), isNotNull(auditEventOutcomes.eventAt));
+    case "unplaced":
+      return and(eq(auditEventOutcomes.outcome, outcome), isNull(auditEventOutcomes.eventAt));
+    case "events":
+      return sql`${outcomeExpr} = ${outcome}`;
+  }
+}
 
 /** The position a page of `source` is ordered by: the event's own, or its copy in the outcome row. */
 const positionColumns = (source: Source) =>

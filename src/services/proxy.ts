@@ -137,22 +137,16 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
   // 3. Idempotency (create only): a replay never reaches the limits or upstream.
   let claimToken: string | undefined;
   let claimedFor: string | undefined;
-  // Settles the claim once: released (the client may retry) unless completed with an answer.
-  const takeClaim = () => {
+  // Settles the claim once: released (the client may retry) unless completed with an answer kept
+  // for repeats; with afterUpstream()'s retries, which matter once upstream has acted (before, a
+  // release they save only spares the client a minute of 409s).
+  const settleClaim = (keep?: { status: number; body: string }) => {
     const t = claimToken;
     claimToken = claimedFor = undefined;
-    return t;
-  };
-  const releaseClaim = async () => {
-    const t = takeClaim();
-    if (idemKey !== undefined && t) await release(deps.db, user.id, idemKey, t);
-  };
-  // After upstream has acted, the claim is settled with the retries of afterUpstream().
-  const settleClaim = (keep?: { status: number; body: string }) => {
-    const t = takeClaim();
     if (idemKey === undefined || !t) return Promise.resolve();
     return afterUpstream(() => (keep ? complete(deps.db, user.id, idemKey, t, keep.status, keep.body) : release(deps.db, user.id, idemKey, t)));
   };
+  const releaseClaim = () => settleClaim();
   const claimFor = async (k: ChosenKey): Promise<ProxyAnswer | undefined> => {
     if (idemKey === undefined || claimedFor === k.id) return undefined;
     await releaseClaim(); // the claim made for another key, if any
@@ -277,9 +271,9 @@ export async function proxyCall(deps: ProxyDeps, op: UpstreamOperation, req: Pro
 }
 
 /** The waits before a write made after upstream has acted is tried again. */
-export const AFTER_UPSTREAM_RETRIES_MS = [100, 400];
+const AFTER_UPSTREAM_RETRIES_MS = [100, 400];
 /** A write is tried again only this soon after its first try. */
-export const AFTER_UPSTREAM_RETRY_WITHIN_MS = 1_000;
+const AFTER_UPSTREAM_RETRY_WITHIN_MS = 1_000;
 
 /**
  * A write made after upstream has acted (the outcome, a pause, the answer kept for repeats): its

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openPglite, openPostgres, rowsOf, type Database } from "../../src/db/client.js";
 import { migrate, migrationsFolder } from "../../src/db/migrate.js";
 import { ONLINE_INDEXES, runOnlineSteps } from "../../src/db/online.js";
-import { listAuditEvents } from "../../src/services/audit.js";
+import { decodeCursor, listAuditEvents } from "../../src/services/audit.js";
 import { freshDatabase, type TestDatabase } from "../helpers/harness.js";
 
 const admin = { id: randomUUID(), role: "admin" as const };
@@ -50,7 +50,7 @@ describe("migration 0010 over outcome rows written before it (on PGlite)", () =>
     placedLater = randomUUID();
     await database.db.execute(sql`insert into audit_events (id, request_id, action, at) values (${placedLater}, 'r3', 'handle.create', '2025-05-05T12:00:00Z')`);
     await database.db.execute(sql`insert into audit_event_outcomes (event_id, outcome) values (${placedLater}, 'upstream_refused')`);
-    const pageOf = async (limit: number, cursor?: string) => listAuditEvents(database.db, admin, { outcome: "upstream_refused" }, limit, cursor ? (await import("../../src/services/audit.js")).decodeCursor(cursor) : undefined);
+    const pageOf = (limit: number, cursor?: string) => listAuditEvents(database.db, admin, { outcome: "upstream_refused" }, limit, cursor ? decodeCursor(cursor) : undefined);
     expect((await pageOf(10)).events.map((e) => e.id)).toEqual([before.old, placedLater, before.older]);
     const first = await pageOf(1);
     const second = await pageOf(1, first.nextCursor!);
